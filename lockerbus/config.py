@@ -1,0 +1,267 @@
+"""Settings, read once: flags > ``LOCKERBUS_*`` environment > TOML file > defaults.
+
+Nothing else in lockerbus reads the environment; the CLI calls
+:func:`load_settings` and passes the result down.  Every error names the
+setting it is about, so start-up can stop with one clear line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from .errors import ConfigError
+from .store import validate_store_url
+
+ENV_PREFIX: Final = "LOCKERBUS_"
+CONFIG_ENV: Final = "LOCKERBUS_CONFIG"
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of a lockerbus server (contract §1, plus the project's own)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    secret: str | None = None
+    store: str = "memory"
+    message_queue: str | None = None
+    max_events: int = 10_000
+    ttl_hours: float = 24.0
+    cleanup_interval_minutes: float = 30.0
+    replay_buffer_size: int = 1000
+    replay_window_minutes: float = 60.0
+    max_event_bytes: int = 65_536
+    command_timeout_seconds: float = 10.0
+    cors_origins: tuple[str, ...] | None = None
+    board_enabled: bool = True
+    websocket_compression: bool = False
+    rate_limit_per_second: float = 50.0
+    rate_limit_burst: int = 100
+    max_connections_per_principal: int = 100
+    max_send_buffer_bytes: int = 4 * 1024 * 1024
+    log_level: str = "INFO"
+    admin_ui: bool = False
+    admin_username: str | None = None
+    admin_password: str | None = None
+    shutdown_grace_seconds: float = 5.0
+
+    @property
+    def dev_mode(self) -> bool:
+        """No secret configured: the CLI generates one and prints tokens."""
+        return self.secret is None
+
+    @property
+    def ttl_seconds(self) -> float:
+        return self.ttl_hours * 3600
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied and checked."""
+        updated = dataclasses.replace(self, **changes)
+        _check(updated)
+        return updated
+
+
+# --------------------------------------------------------------------------
+# parsing
+
+
+def _parse_int(key: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ConfigError(key, f"expected an integer, got {value!r}") from None
+
+
+def _parse_float(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    try:
+        number = float(value) if isinstance(value, (int, float)) else float(str(value).strip())
+    except ValueError:
+        raise ConfigError(key, f"expected a number, got {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigError(key, f"expected a finite number, got {value!r}")
+    return number
+
+
+def _parse_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(key, f"expected true or false, got {value!r}")
+
+
+def _parse_str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    return value
+
+
+def _parse_optional_str(key: str, value: Any) -> str | None:
+    text = _parse_str(key, value)
+    return text or None
+
+
+def _parse_origins(key: str, value: Any) -> tuple[str, ...] | None:
+    items: list[Any]
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(key, f"expected a comma-separated list of origins, got {value!r}")
+    if not items:
+        return None
+    for item in items:
+        if not isinstance(item, str) or not (
+            item == "*" or item.startswith(("http://", "https://"))
+        ):
+            raise ConfigError(key, f"{item!r} is not an origin (http(s)://host[:port] or *)")
+    return tuple(items)
+
+
+_PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
+    "host": _parse_str,
+    "port": _parse_int,
+    "secret": _parse_optional_str,
+    "store": _parse_str,
+    "message_queue": _parse_optional_str,
+    "max_events": _parse_int,
+    "ttl_hours": _parse_float,
+    "cleanup_interval_minutes": _parse_float,
+    "replay_buffer_size": _parse_int,
+    "replay_window_minutes": _parse_float,
+    "max_event_bytes": _parse_int,
+    "command_timeout_seconds": _parse_float,
+    "cors_origins": _parse_origins,
+    "board_enabled": _parse_bool,
+    "websocket_compression": _parse_bool,
+    "rate_limit_per_second": _parse_float,
+    "rate_limit_burst": _parse_int,
+    "max_connections_per_principal": _parse_int,
+    "max_send_buffer_bytes": _parse_int,
+    "log_level": lambda key, value: _parse_str(key, value).upper(),
+    "admin_ui": _parse_bool,
+    "admin_username": _parse_optional_str,
+    "admin_password": _parse_optional_str,
+    "shutdown_grace_seconds": _parse_float,
+}
+
+SETTING_NAMES: Final = tuple(_PARSERS)
+
+
+def env_name(key: str) -> str:
+    """``max_events`` -> ``LOCKERBUS_MAX_EVENTS``."""
+    return ENV_PREFIX + key.upper()
+
+
+def _positive(settings: Settings, key: str, *, allow_zero: bool = False) -> None:
+    value = getattr(settings, key)
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _check(settings: Settings) -> None:
+    if not 0 < settings.port < 65536 and settings.port != 0:
+        raise ConfigError("port", f"must be 1-65535 (or 0 for any free port), got {settings.port}")
+    if settings.secret is not None and len(settings.secret.encode()) < 32:
+        raise ConfigError("secret", "must be at least 32 bytes (RFC 7518 §3.2)")
+    validate_store_url(settings.store)
+    if settings.message_queue is not None and not settings.message_queue.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError("message_queue", f"{settings.message_queue!r} is not a redis:// URL")
+    for key in (
+        "max_events",
+        "ttl_hours",
+        "cleanup_interval_minutes",
+        "replay_buffer_size",
+        "max_event_bytes",
+        "command_timeout_seconds",
+        "rate_limit_per_second",
+        "rate_limit_burst",
+        "max_connections_per_principal",
+        "max_send_buffer_bytes",
+    ):
+        _positive(settings, key)
+    _positive(settings, "replay_window_minutes", allow_zero=True)
+    _positive(settings, "shutdown_grace_seconds", allow_zero=True)
+    if settings.log_level not in LOG_LEVELS:
+        raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    if settings.admin_ui and not (settings.admin_username and settings.admin_password):
+        raise ConfigError("admin_ui", "needs admin_username and admin_password")
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with Path(path).open("rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("config", f"file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc}") from None
+    section = document.get("lockerbus", document)
+    if not isinstance(section, dict):
+        raise ConfigError("config", f"{path}: [lockerbus] must be a table")
+    return section
+
+
+def load_settings(
+    *,
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Read settings once, in the contract's order of precedence.
+
+    ``env`` is the process environment (only ``LOCKERBUS_*`` is looked at);
+    ``config_file`` falls back to ``LOCKERBUS_CONFIG``.  Flags whose value is
+    None are treated as not given.
+    """
+    env = env or {}
+    values: dict[str, Any] = {}
+    config_file = config_file or env.get(CONFIG_ENV) or None
+    layers: list[tuple[str, Mapping[str, Any], Callable[[str], str]]] = []
+    if config_file:
+        layers.append(("file", _read_toml(config_file), lambda key: key))
+    layers.append(("env", _env_layer(env), env_name))
+    layers.append(("flag", {k: v for k, v in (flags or {}).items() if v is not None}, _flag))
+    for _origin, layer, label in layers:
+        for key, raw in layer.items():
+            if key not in _PARSERS:
+                raise ConfigError(label(key), "unknown setting")
+            try:
+                values[key] = _PARSERS[key](key, raw)
+            except ConfigError as exc:
+                raise ConfigError(label(key), exc.message.split(": ", 1)[-1]) from None
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, str]:
+    layer: dict[str, str] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        layer[key] = value
+    return layer

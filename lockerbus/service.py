@@ -1,0 +1,260 @@
+"""EventService: create, validate, serialize and deserialize events.
+
+The seed's event-service.ts in Python.  It knows nothing of sockets or
+storage: the server and the HTTP routes call it at the edge, so every event is
+valid before it is stored, emitted or answered.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from marshmallow import ValidationError
+
+from .errors import (
+    BadRequestError,
+    EventValidationError,
+    PayloadTooLargeError,
+    SchemaVersionError,
+    UnknownEventTypeError,
+    flatten_messages,
+)
+from .events import (
+    DATA_SCHEMAS,
+    DATA_SCHEMAS_LENIENT,
+    ENVELOPE_SCHEMA,
+    ENVELOPE_SCHEMA_LENIENT,
+    NAMESPACE_ROOMS,
+    ROUTES,
+    SCHEMA_MAJOR,
+    SCHEMA_MINOR,
+    SCHEMA_VERSION,
+    parse_version,
+)
+
+Event = dict[str, Any]
+"""An event envelope (contract §4) as a plain dict, ready for JSON."""
+
+DEFAULT_MAX_EVENT_BYTES = 65536
+
+
+def utc_now_iso() -> str:
+    """Now as ``2026-11-26T19:00:00.123Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dumps(value: Any) -> bytes:
+    """JSON-encode; values JSON cannot carry raise :class:`BadRequestError`."""
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:  # orjson.JSONEncodeError subclasses TypeError
+        raise BadRequestError(f"not representable as JSON: {exc}") from None
+
+
+def check_version(version: object) -> bool:
+    """Whether ``version`` is a newer 1.x; raises for a bad or foreign one."""
+    parsed = parse_version(version)
+    if parsed is None:
+        raise EventValidationError({"version": ['Not a "major.minor" version string.']})
+    major, minor = parsed
+    if major != SCHEMA_MAJOR:
+        raise SchemaVersionError(
+            f"schema version {version} is not supported: this server reads {SCHEMA_MAJOR}.x"
+        )
+    return minor > SCHEMA_MINOR
+
+
+class EventService:
+    """Validates and builds events; schemas are shared module-level instances."""
+
+    def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+
+    # -- validation ---------------------------------------------------------
+
+    def check_size(self, data: Any) -> None:
+        """Refuse ``data`` larger than ``max_event_bytes`` as JSON, before any schema work."""
+        size = len(dumps(data))
+        if size > self.max_event_bytes:
+            raise PayloadTooLargeError(
+                f"event data is {size} bytes as JSON; the limit is {self.max_event_bytes}"
+            )
+
+    def validate(self, event_type: Any, data: Any, *, lenient: bool = False) -> dict[str, Any]:
+        """Validate ``data`` for ``event_type``; returns the data as stored.
+
+        ``lenient`` ignores unknown fields (an event of a newer 1.x minor).
+        """
+        if not isinstance(event_type, str) or event_type not in ROUTES:
+            raise UnknownEventTypeError(f"unknown event type {str(event_type)[:64]!r}")
+        if not isinstance(data, Mapping):
+            raise EventValidationError({"data": ["Not a valid mapping type."]})
+        schema = (DATA_SCHEMAS_LENIENT if lenient else DATA_SCHEMAS)[event_type]
+        try:
+            loaded: dict[str, Any] = schema.load(data)
+        except ValidationError as exc:
+            raise EventValidationError(flatten_messages(exc.messages, "data")) from None
+        return loaded
+
+    # -- creation -----------------------------------------------------------
+
+    def create_event(self, event_type: str, data: Any, *, room: str | None = None) -> Event:
+        """A new, validated envelope without ``seq``/``epoch`` (the store adds them)."""
+        valid = self.validate(event_type, data)
+        namespace = ROUTES[event_type]
+        return {
+            "id": str(uuid.uuid4()),
+            "type": event_type,
+            "version": SCHEMA_VERSION,
+            "namespace": namespace,
+            "room": room or NAMESPACE_ROOMS[namespace],
+            "timestamp": utc_now_iso(),
+            "data": valid,
+        }
+
+    def create_locker_state_changed_event(
+        self,
+        locker_id: str,
+        old_state: str,
+        new_state: str,
+        kiosk_id: str,
+        *,
+        user_id: str | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Event:
+        """A locker went from ``old_state`` to ``new_state``."""
+        data: dict[str, Any] = {
+            "lockerId": locker_id,
+            "oldState": old_state,
+            "newState": new_state,
+            "kioskId": kiosk_id,
+        }
+        _put(data, userId=user_id, reason=reason, metadata=metadata)
+        return self.create_event("locker_state_changed", data)
+
+    def create_help_requested_event(
+        self, data: Mapping[str, Any], priority: str = "medium"
+    ) -> Event:
+        """A user asked for help; ``priority`` is set apart as in the seed's API."""
+        return self.create_event("help_requested", {**data, "priority": priority})
+
+    def create_help_status_updated_event(
+        self,
+        help_id: int,
+        old_status: str,
+        new_status: str,
+        *,
+        agent_id: str | None = None,
+        resolution_notes: str | None = None,
+        updated_at: str | None = None,
+    ) -> Event:
+        """A help request moved from ``old_status`` to ``new_status``."""
+        data: dict[str, Any] = {
+            "id": help_id,
+            "old_status": old_status,
+            "new_status": new_status,
+            "updated_at": updated_at or utc_now_iso(),
+        }
+        _put(data, agent_id=agent_id, resolution_notes=resolution_notes)
+        return self.create_event("help_status_updated", data)
+
+    def create_command_applied_event(
+        self, command: Mapping[str, Any], result: Mapping[str, Any]
+    ) -> Event:
+        """The record of a remote command and its result."""
+        return self.create_event("command_applied", {"command": command, "result": result})
+
+    def create_system_status_event(
+        self,
+        component: str,
+        status: str,
+        health_score: float,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+        message: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> Event:
+        """A component's health."""
+        data: dict[str, Any] = {
+            "component": component,
+            "status": status,
+            "health_score": health_score,
+        }
+        _put(data, metrics=metrics, message=message, details=details)
+        return self.create_event("system_status", data)
+
+    def create_connection_event(
+        self,
+        event_type: str,
+        connection_id: str,
+        namespace: str,
+        connection_count: int,
+        *,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        user_agent: str | None = None,
+        ip_address: str | None = None,
+    ) -> Event:
+        """A ``connection`` or ``disconnection`` on ``namespace``."""
+        if event_type not in ("connection", "disconnection"):
+            raise UnknownEventTypeError(f"{event_type!r} is not a connection event type")
+        data: dict[str, Any] = {
+            "connectionId": connection_id,
+            "namespace": namespace,
+            "connection_count": connection_count,
+        }
+        _put(
+            data,
+            userId=user_id,
+            sessionId=session_id,
+            user_agent=user_agent,
+            ip_address=ip_address,
+        )
+        return self.create_event(event_type, data)
+
+    # -- wire form ----------------------------------------------------------
+
+    def serialize(self, event: Event) -> str:
+        """The event as JSON text."""
+        return dumps(event).decode()
+
+    def deserialize(self, raw: str | bytes | Mapping[str, Any]) -> Event:
+        """Parse and fully validate an envelope from JSON text or a dict.
+
+        A newer 1.x minor is read with its unknown fields dropped; another
+        major raises :class:`SchemaVersionError`; anything else that is wrong
+        raises :class:`EventValidationError` naming the field paths.
+        """
+        if isinstance(raw, (str, bytes, bytearray, memoryview)):
+            try:
+                value = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise EventValidationError({"_schema": [f"Not valid JSON: {exc}"]}) from None
+        else:
+            value = raw
+        if not isinstance(value, Mapping):
+            raise EventValidationError({"_schema": ["An event must be a JSON object."]})
+        newer = check_version(value.get("version"))
+        envelope_schema = ENVELOPE_SCHEMA_LENIENT if newer else ENVELOPE_SCHEMA
+        try:
+            envelope: Event = envelope_schema.load(value)
+        except ValidationError as exc:
+            raise EventValidationError(flatten_messages(exc.messages)) from None
+        if ROUTES[envelope["type"]] != envelope["namespace"]:
+            raise EventValidationError(
+                {"namespace": [f"Must be {ROUTES[envelope['type']]} for {envelope['type']}."]}
+            )
+        envelope["data"] = self.validate(envelope["type"], envelope["data"], lenient=newer)
+        return envelope
+
+
+def _put(target: dict[str, Any], **optional: Any) -> None:
+    """Set the optional fields that were given (None means absent)."""
+    for key, value in optional.items():
+        if value is not None:
+            target[key] = value

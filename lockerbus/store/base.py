@@ -1,0 +1,161 @@
+"""The event store contract: every backend (memory, SQLite, Redis) keeps it.
+
+This is where "no event lost" is decided, so the guarantees are stated here,
+on the interface, and one shared test suite (tests/store_contract.py) holds
+every backend to them.
+
+Guarantees
+----------
+* ``append`` assigns ``seq`` (per namespace, 1, 2, 3, ... strictly increasing,
+  never reused within an epoch) and the store's ``epoch`` atomically with the
+  write: when it returns, the event is stored (durably, for a durable store)
+  and will be returned by ``replay``/``page`` until it expires or is evicted.
+  When it raises, nothing was stored and no seq was consumed.
+* Concurrent appends never produce duplicate or out-of-order seqs, and
+  ``append`` calls resolve in seq order within a namespace: a caller that
+  broadcasts right after ``await store.append(...)``, with no other await in
+  between, broadcasts in seq order.
+* Eviction (TTL, capacity, corruption) removes the oldest events first within
+  a namespace, except where a per-event TTL is shorter; any hole it leaves is
+  detected, never hidden: a replay across it answers ``recovered=False``.
+* ``epoch`` names the sequence space.  It changes when the store is new (a
+  memory store on every start); a durable store keeps it across restarts.
+* Every stored record carries a checksum of its serialized form; a record that
+  fails it, or no longer deserializes, is removed, counted as ``corrupt``,
+  logged once, and makes a replay across it answer ``recovered=False``.
+* Storage failures raise :class:`~lockerbus.errors.StoreUnavailableError`;
+  ``check()`` raises it with the reason while the store cannot serve.
+* No method blocks the event loop: file and network work runs off it.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+Event = dict[str, Any]
+
+EVICTION_REASONS: Final = ("ttl", "capacity", "corrupt")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What a replay or a page returns (contract §6 and §7).
+
+    ``events`` are oldest first.  ``last_seq`` is the newest seq the answer
+    covers: for ``replay`` the namespace's latest assigned seq at the time of
+    the call (0 when none), so live events after it have greater seqs; for
+    ``page`` the seq of the last event returned when ``has_more``, else the
+    namespace's latest.  ``recovered`` is True/False for a seq-based replay
+    and None for a time-based one or a page.
+    """
+
+    events: list[Event]
+    last_seq: int
+    epoch: str
+    recovered: bool | None
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceStats:
+    """Figures for one namespace."""
+
+    count: int
+    oldest_seq: int | None
+    newest_seq: int | None
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Figures for ``/api/stats`` and ``/metrics``."""
+
+    backend: str
+    epoch: str
+    events: int
+    max_events: int
+    namespaces: dict[str, NamespaceStats]
+    evictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVICTION_REASONS, 0))
+
+
+class EventStore(abc.ABC):
+    """A per-namespace, seq-numbered, expiring event log."""
+
+    #: The name of the sequence space; set by :meth:`start`.
+    epoch: str
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open the backend and start background cleanup; call once before use."""
+
+    @abc.abstractmethod
+    async def append(self, event: Event, *, ttl_seconds: float | None = None) -> Event:
+        """Store a validated event; returns it with ``seq`` and ``epoch`` set.
+
+        ``event["namespace"]`` picks the sequence; ``ttl_seconds`` overrides
+        the store's default TTL for this event.  The argument is not mutated.
+        """
+
+    @abc.abstractmethod
+    async def replay(
+        self,
+        namespace: str,
+        *,
+        after_seq: int | None = None,
+        epoch: str | None = None,
+        since: datetime | None = None,
+        limit: int,
+    ) -> ReplayResult:
+        """Events for a reconnecting client (contract §6).
+
+        With ``after_seq``: every held event with a greater seq, oldest first,
+        and ``recovered=True`` when all of them are still held, at most
+        ``limit`` of them, and ``epoch`` (None counts as the current one)
+        matches; otherwise the newest ``limit`` events of the namespace and
+        ``recovered=False``.  With ``since`` (an aware datetime): the newest
+        ``limit`` events whose timestamp is at or after it, oldest first,
+        ``recovered=None``.  With neither: the newest ``limit`` events.
+        ``has_more`` says whether matching events were left out.
+        """
+
+    @abc.abstractmethod
+    async def page(
+        self,
+        namespace: str,
+        *,
+        after_seq: int = 0,
+        since: datetime | None = None,
+        limit: int,
+    ) -> ReplayResult:
+        """Read forward through history: the oldest ``limit`` events after
+        ``after_seq`` (and at or after ``since``), for paging and projections."""
+
+    @abc.abstractmethod
+    async def last_seq(self, namespace: str) -> int:
+        """The latest seq assigned in ``namespace`` in this epoch (0 when none)."""
+
+    @abc.abstractmethod
+    async def stats(self) -> StoreStats:
+        """Counts, seq ranges and evictions by reason."""
+
+    @abc.abstractmethod
+    async def cleanup(self) -> int:
+        """Remove expired events now; returns how many were removed."""
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Return when the store can serve; raise StoreUnavailableError with the reason."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop background work, flush and release the backend. Idempotent."""
+
+    async def __aenter__(self) -> EventStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

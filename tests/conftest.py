@@ -1,0 +1,28 @@
+"""Shared fixtures. A test that needs a missing component skips locally,
+but fails when CI is set: CI must prove everything."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def require(available: bool, what: str) -> None:
+    """Skip (fail under CI) when ``what`` is not on this machine."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required under CI but missing: .ci/run must install it")
+    pytest.skip(f"{what} is not installed")
+
+
+def require_binary(name: str) -> str:
+    """The path of binary ``name``, or skip/fail as :func:`require` does."""
+    path = shutil.which(name)
+    require(path is not None, name)
+    assert path is not None
+    return path

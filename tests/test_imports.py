@@ -1,0 +1,47 @@
+"""Every module imports on its own: no import cycles, no hidden order."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import lockerbus
+
+MODULES = sorted(
+    name
+    for _, name, _ in pkgutil.walk_packages(lockerbus.__path__, "lockerbus.")
+    if not name.endswith("__main__")
+)
+
+# lower layers never import upper ones (events -> service/store -> server/http -> app -> cli)
+FORBIDDEN = {
+    "lockerbus.errors": ("socketio", "aiohttp", "lockerbus.service", "lockerbus.store"),
+    "lockerbus.events": ("socketio", "aiohttp", "lockerbus.service", "lockerbus.store"),
+    "lockerbus.service": ("socketio", "aiohttp", "lockerbus.store", "lockerbus.server"),
+    "lockerbus.store": ("socketio", "aiohttp", "lockerbus.server", "lockerbus.app"),
+    "lockerbus.recovery": ("socketio", "aiohttp"),
+}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_imports_alone(module: str) -> None:
+    code = f"import {module}"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("module", sorted(FORBIDDEN))
+def test_layers_point_downward(module: str) -> None:
+    if module not in MODULES and module != "lockerbus.store":
+        pytest.skip(f"{module} does not exist yet")
+    code = (
+        f"import sys, {module}\n"
+        f"bad = [m for m in {FORBIDDEN[module]!r} if m in sys.modules]\n"
+        "print(','.join(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"{module} pulls in {result.stdout.strip()}"
