@@ -2,21 +2,101 @@
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import AsyncIterator
+from typing import Any, Final
 
 from aiohttp import web
 
-from . import http
+from .bus import EventBus
 from .config import Settings
+from .http import Handler, HttpApi, errors_middleware
+from .log import app_logger
+from .metrics import Metrics
+from .server import SocketGateway
+from .service import EventService
+from .store import EventStore, StoreOptions, open_store
 
 SETTINGS: Final = web.AppKey("settings", Settings)
+BUS: Final = web.AppKey("bus", EventBus)
+STORE: Final = web.AppKey("store", EventStore)
+GATEWAY: Final = web.AppKey("gateway", SocketGateway)
+METRICS: Final = web.AppKey("metrics", Metrics)
 
 
-def create_app(settings: Settings) -> web.Application:
-    """An aiohttp application serving lockerbus with ``settings``."""
+def store_options(settings: Settings) -> StoreOptions:
+    """The store's share of the settings."""
+    return StoreOptions(
+        max_events=settings.max_events,
+        ttl_seconds=settings.ttl_seconds,
+        cleanup_interval_seconds=settings.cleanup_interval_minutes * 60,
+    )
+
+
+def _no_websocket_compression() -> Any:
+    """Refuse permessage-deflate: it costs CPU and ~90 KB per connection here."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if "Sec-WebSocket-Extensions" in request.headers:
+            headers = request.headers.copy()
+            del headers["Sec-WebSocket-Extensions"]
+            request = request.clone(headers=headers)
+        return await handler(request)
+
+    return middleware
+
+
+def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Application:
+    """An aiohttp application serving lockerbus with ``settings``.
+
+    ``store`` replaces the one named by ``settings.store`` (tests, embedding).
+    """
     if settings.secret is None:
         raise ValueError("create_app needs settings.secret (the CLI makes one in dev mode)")
-    app = web.Application(client_max_size=settings.max_event_bytes * 2 + 65536)
+    middlewares: list[Any] = [errors_middleware]
+    if not settings.websocket_compression:
+        middlewares.insert(0, _no_websocket_compression())
+    app = web.Application(
+        middlewares=middlewares, client_max_size=settings.max_event_bytes * 2 + 65536
+    )
+    metrics = Metrics()
+    service = EventService(max_event_bytes=settings.max_event_bytes)
+    store = store or open_store(settings.store, store_options(settings))
+    bus = EventBus(service, store, metrics)
+    client_manager = None
+    if settings.message_queue:
+        import socketio
+
+        client_manager = socketio.AsyncRedisManager(settings.message_queue)
+    gateway = SocketGateway(settings, bus, store, metrics, client_manager=client_manager)
+    gateway.sio.attach(app)
+
+    async def stats() -> dict[str, Any]:
+        return await gateway.stats()
+
+    HttpApi(
+        secret=settings.secret,
+        bus=bus,
+        store=store,
+        metrics=metrics,
+        max_event_bytes=settings.max_event_bytes,
+        stats=stats,
+    ).add_routes(app)
     app[SETTINGS] = settings
-    http.add_routes(app)
+    app[BUS] = bus
+    app[STORE] = store
+    app[GATEWAY] = gateway
+    app[METRICS] = metrics
+    app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    store, gateway = app[STORE], app[GATEWAY]
+    await store.start()
+    await gateway.start()
+    app_logger.info("lockerbus ready store=%s epoch=%s", app[SETTINGS].store, store.epoch)
+    yield
+    await gateway.close()
+    await store.close()
+    app_logger.info("lockerbus stopped")

@@ -57,27 +57,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(settings: Settings) -> int:
-    """Run the server until SIGINT/SIGTERM."""
-    from aiohttp import web
+    """Run the server until SIGINT/SIGTERM; exit 0 after a graceful stop."""
+    import asyncio
 
     from . import log
-    from .app import create_app
+    from .runner import serve_until_signalled
 
     log.configure(settings.log_level)
     if settings.dev_mode:
         settings = settings.replace(secret=secrets.token_urlsafe(48))
         _print_dev_tokens(settings)
-    app = create_app(settings)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=lambda _: print(
-            f"lockerbus {__version__} serving on http://{settings.host}:{settings.port}", flush=True
-        ),
-        access_log=None,
-        shutdown_timeout=settings.shutdown_grace_seconds,
-    )
+    asyncio.run(serve_until_signalled(settings))
     return 0
 
 

@@ -170,7 +170,7 @@ class LockerStateChangedSchema(_DataSchema):
     reason = _text()
     metadata = _free_object()
 
-    @validates_schema
+    @validates_schema(skip_on_field_errors=False)
     def _states_differ(self, data: dict[str, Any], **kwargs: Any) -> None:
         if data.get("oldState") is not None and data.get("oldState") == data.get("newState"):
             raise ValidationError("Must differ from oldState.", "newState")
@@ -197,7 +197,7 @@ class HelpStatusUpdatedSchema(_DataSchema):
     resolution_notes = _text()
     updated_at = Timestamp(required=True)
 
-    @validates_schema
+    @validates_schema(skip_on_field_errors=False)
     def _statuses_differ(self, data: dict[str, Any], **kwargs: Any) -> None:
         if data.get("old_status") is not None and data.get("old_status") == data.get("new_status"):
             raise ValidationError("Must differ from old_status.", "new_status")

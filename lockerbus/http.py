@@ -1,15 +1,196 @@
-"""aiohttp routes: health, readiness, the events API, metrics."""
+"""aiohttp routes: the events API, health, readiness, metrics and stats.
+
+Handlers speak the same typed errors as the socket side; the JSON error body
+and the status code come from :class:`~lockerbus.errors.LockerbusError`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .auth import STATS_ROLES, Principal, bearer_token, verify_token
+from .bus import EventBus
+from .errors import (
+    BadRequestError,
+    ForbiddenError,
+    LockerbusError,
+    PayloadTooLargeError,
+    StoreUnavailableError,
+)
+from .events import NAMESPACES
+from .log import access_logger
+from .metrics import Metrics
+from .service import check_version, parse_since
+from .store import EventStore
+
+MAX_PAGE: Final = 1000
+DEFAULT_PAGE: Final = 50
+PUBLISH_KEYS: Final = frozenset({"type", "data", "room", "version"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """200 while the process serves; no dependency is consulted."""
-    return web.json_response({"status": "ok"})
+def json_response(body: Any, status: int = 200) -> web.Response:
+    """A JSON response encoded with orjson."""
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
-def add_routes(app: web.Application) -> None:
-    """Register the HTTP routes on ``app``."""
-    app.router.add_get("/healthz", healthz)
+def error_response(exc: LockerbusError) -> web.Response:
+    """The contract's ``{error: {code, message, fields?}}`` with the error's status."""
+    return json_response({"error": exc.to_wire()}, status=exc.http_status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn typed errors into contract bodies; never leak a traceback."""
+    try:
+        return await handler(request)
+    except LockerbusError as exc:
+        return error_response(exc)
+    except web.HTTPException:
+        raise
+    except Exception:
+        access_logger.exception("%s %s failed", request.method, request.path)
+        return json_response(
+            {"error": {"code": "internal_error", "message": "internal error"}}, status=500
+        )
+
+
+class HttpApi:
+    """The HTTP routes of contract §7, bound to one server's collaborators."""
+
+    def __init__(
+        self,
+        *,
+        secret: str,
+        bus: EventBus,
+        store: EventStore,
+        metrics: Metrics,
+        max_event_bytes: int,
+        stats: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> None:
+        self.secret = secret
+        self.bus = bus
+        self.store = store
+        self.metrics = metrics
+        self.max_body = max_event_bytes + 4096
+        self._stats = stats
+
+    def add_routes(self, app: web.Application) -> None:
+        """Register the routes on ``app``."""
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_text)
+        app.router.add_post("/api/events", self.post_event)
+        app.router.add_get("/api/events", self.get_events)
+        app.router.add_get("/api/stats", self.get_stats)
+
+    def principal(self, request: web.Request) -> Principal:
+        """The caller of a request, from ``Authorization: Bearer <jwt>``."""
+        return verify_token(self.secret, bearer_token(request.headers.get("Authorization")))
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """200 while the process serves; no dependency is consulted."""
+        return json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """200 when the store answers, else 503 with the reason."""
+        try:
+            await self.store.check()
+        except StoreUnavailableError as exc:
+            return json_response({"status": "unavailable", "reason": exc.message}, status=503)
+        return json_response({"status": "ready"})
+
+    async def post_event(self, request: web.Request) -> web.Response:
+        """Publish one event: 201 with its envelope, or the contract's error."""
+        principal = self.principal(request)
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise PayloadTooLargeError(f"request body is over {self.max_body} bytes")
+        body = await _read_body(request, self.max_body)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequestError(f"body is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise BadRequestError("body must be a JSON object {type, data, room?}")
+        unknown = set(payload) - PUBLISH_KEYS
+        if unknown:
+            raise BadRequestError(f"unknown fields: {', '.join(sorted(unknown))}")
+        if "version" in payload:
+            check_version(payload["version"])
+        event = await self.bus.publish(
+            payload.get("type"), payload.get("data"), principal=principal, room=payload.get("room")
+        )
+        return json_response(event, status=201)
+
+    async def get_events(self, request: web.Request) -> web.Response:
+        """Page through a namespace's history, oldest first."""
+        self.principal(request)
+        query = request.query
+        namespace = query.get("namespace", "")
+        if namespace not in NAMESPACES:
+            raise BadRequestError(f"namespace must be one of {', '.join(NAMESPACES)}")
+        after_seq = _int_param(query, "after_seq", 0, minimum=0)
+        limit = _int_param(query, "limit", DEFAULT_PAGE, minimum=1)
+        if limit > MAX_PAGE:
+            raise BadRequestError(f"limit must be at most {MAX_PAGE}")
+        since = None
+        if "since" in query:
+            since = parse_since(query["since"], "since")
+        page = await self.store.page(namespace, after_seq=after_seq, since=since, limit=limit)
+        return json_response(
+            {
+                "events": page.events,
+                "last_seq": page.last_seq,
+                "epoch": page.epoch,
+                "has_more": page.has_more,
+            }
+        )
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        """Connections, latency percentiles, store figures and error counts."""
+        principal = self.principal(request)
+        if principal.role not in STATS_ROLES:
+            raise ForbiddenError(f"role {principal.role} may not read stats")
+        return json_response(await self._stats())
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        """Prometheus text exposition."""
+        try:
+            stats = await self.store.stats()
+            self.metrics.store_events.set(stats.events)
+        except StoreUnavailableError:
+            pass
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _int_param(query: Any, name: str, default: int, *, minimum: int) -> int:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequestError(f"{name} must be an integer, got {raw[:32]!r}") from None
+    if value < minimum:
+        raise BadRequestError(f"{name} must be >= {minimum}")
+    return value

@@ -47,6 +47,19 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_since(value: Any, name: str) -> datetime:
+    """An aware datetime from an ISO-8601 string with a zone; ``name`` goes in the error."""
+    if not isinstance(value, str) or len(value) > 64:
+        raise BadRequestError(f"{name} must be an ISO-8601 timestamp with a time zone")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequestError(f"{name} is not an ISO-8601 timestamp: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise BadRequestError(f"{name} must carry a time zone (e.g. Z or +00:00)")
+    return parsed
+
+
 def dumps(value: Any) -> bytes:
     """JSON-encode; values JSON cannot carry raise :class:`BadRequestError`."""
     try:
@@ -102,9 +115,14 @@ class EventService:
 
     # -- creation -----------------------------------------------------------
 
-    def create_event(self, event_type: str, data: Any, *, room: str | None = None) -> Event:
-        """A new, validated envelope without ``seq``/``epoch`` (the store adds them)."""
-        valid = self.validate(event_type, data)
+    def create_event(
+        self, event_type: str, data: Any, *, room: str | None = None, validated: bool = False
+    ) -> Event:
+        """A new, validated envelope without ``seq``/``epoch`` (the store adds them).
+
+        ``validated`` says ``data`` is the output of :meth:`validate` already.
+        """
+        valid = data if validated else self.validate(event_type, data)
         namespace = ROUTES[event_type]
         return {
             "id": str(uuid.uuid4()),

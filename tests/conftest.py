@@ -26,3 +26,33 @@ def require_binary(name: str) -> str:
     require(path is not None, name)
     assert path is not None
     return path
+
+
+@pytest.fixture
+async def server_factory():  # type: ignore[no-untyped-def]
+    """Start real servers on free 127.0.0.1 ports; all are stopped after the test."""
+    from tests.support import start_server
+
+    servers = []
+
+    async def factory(**overrides):  # type: ignore[no-untyped-def]
+        server = await start_server(**overrides)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def server(server_factory):  # type: ignore[no-untyped-def]
+    return await server_factory()
+
+
+@pytest.fixture
+async def http():  # type: ignore[no-untyped-def]
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -1,0 +1,134 @@
+"""EventBus: the one publish pipeline every entry point goes through.
+
+authorize -> validate -> append to the store (assigns seq/epoch) -> broadcast.
+Socket ``publish``, ``POST /api/events`` and the in-process ``emit_*`` API all
+call :meth:`EventBus.publish`, so an event that fails any step is never
+broadcast and every caller gets the same typed error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from .auth import Principal, authorize_publish, check_publish_room
+from .errors import LockerbusError, StoreUnavailableError, UnknownEventTypeError
+from .events import ROUTES
+from .log import server_logger
+from .metrics import Metrics
+from .service import Event, EventService
+from .store import EventStore
+
+
+class Broadcaster(Protocol):
+    """Hands a stored event to its recipients (the Socket.IO layer implements it)."""
+
+    def broadcast(self, event: Event, accepted_at: float) -> None: ...
+
+
+class EventBus:
+    """Validates, authorizes, stores and broadcasts events."""
+
+    def __init__(
+        self,
+        service: EventService,
+        store: EventStore,
+        metrics: Metrics,
+        broadcaster: Broadcaster | None = None,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.service = service
+        self.store = store
+        self.metrics = metrics
+        self.broadcaster = broadcaster
+        self._clock = clock
+
+    async def publish(
+        self,
+        event_type: Any,
+        data: Any,
+        *,
+        principal: Principal | None = None,
+        room: Any = None,
+        ttl_seconds: float | None = None,
+    ) -> Event:
+        """Publish one event; ``principal`` None is the server itself.
+
+        Raises a :class:`LockerbusError` subclass with the contract's code;
+        nothing is stored or broadcast when it does.
+        """
+        accepted_at = self._clock()
+        try:
+            if not isinstance(event_type, str) or event_type not in ROUTES:
+                raise UnknownEventTypeError(f"unknown event type {str(event_type)[:64]!r}")
+            self.service.check_size(data)
+            checked_room = check_publish_room(event_type, room)
+            if principal is not None:
+                # before validation: a caller learns nothing of a schema it may not use
+                authorize_publish(principal, event_type, data, checked_room)
+            valid = self.service.validate(event_type, data)
+            event = self.service.create_event(event_type, valid, room=checked_room, validated=True)
+            stored = await self._append(event, ttl_seconds)
+        except LockerbusError as exc:
+            self.metrics.reject(exc.code)
+            server_logger.info(
+                "publish rejected code=%s type=%.64s by=%s: %s",
+                exc.code,
+                event_type,
+                principal.sub if principal else "server",
+                exc.message,
+            )
+            raise
+        self._accepted(stored, accepted_at)
+        return stored
+
+    def _accepted(self, stored: Event, accepted_at: float) -> None:
+        self.metrics.published.labels(stored["type"]).inc()
+        if self.broadcaster is not None:
+            self.broadcaster.broadcast(stored, accepted_at)
+
+    async def _append(self, event: Event, ttl_seconds: float | None) -> Event:
+        try:
+            return await self.store.append(event, ttl_seconds=ttl_seconds)
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:  # a backend bug must not look like success
+            server_logger.exception("store append failed")
+            raise StoreUnavailableError(f"the event store failed: {exc}") from exc
+
+    async def emit(self, event: Event) -> Event:
+        """Store and broadcast an event the server built (``EventService.create_*``)."""
+        accepted_at = self._clock()
+        try:
+            stored = await self._append(event, None)
+        except LockerbusError as exc:
+            self.metrics.reject(exc.code)
+            raise
+        self._accepted(stored, accepted_at)
+        return stored
+
+    # -- the seed's in-process API: same arguments as EventService.create_* --
+
+    async def emit_locker_state_changed(self, *args: Any, **kwargs: Any) -> Event:
+        """Publish a locker state change as the server."""
+        return await self.emit(self.service.create_locker_state_changed_event(*args, **kwargs))
+
+    async def emit_help_requested(self, data: Mapping[str, Any], priority: str = "medium") -> Event:
+        """Publish a help request as the server; ``priority`` apart, as in the seed."""
+        return await self.emit(self.service.create_help_requested_event(data, priority))
+
+    async def emit_help_status_updated(self, *args: Any, **kwargs: Any) -> Event:
+        """Publish a help request's status change as the server."""
+        return await self.emit(self.service.create_help_status_updated_event(*args, **kwargs))
+
+    async def emit_command_applied(
+        self, command: Mapping[str, Any], result: Mapping[str, Any]
+    ) -> Event:
+        """Publish the record of a command and its result as the server."""
+        return await self.emit(self.service.create_command_applied_event(command, result))
+
+    async def emit_system_status(self, *args: Any, **kwargs: Any) -> Event:
+        """Publish a component's health as the server."""
+        return await self.emit(self.service.create_system_status_event(*args, **kwargs))

@@ -1,0 +1,142 @@
+"""What the server counts: Prometheus metrics and a cheap latency window.
+
+Every label value comes from a fixed set (event types, namespaces, error
+codes, eviction reasons, command outcomes), never from a client, so the
+number of series is bounded.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+
+# log-spaced bucket edges in seconds (1 µs .. ~100 s, 10% apart) for the window
+_EDGES: Final = tuple(1e-6 * (1.1**i) for i in range(194))
+
+
+class LatencyWindow:
+    """A sliding-window histogram: percentiles without sorting samples.
+
+    Samples fall into log-spaced buckets (≤10% relative error) kept per
+    time slice; slices older than the window are dropped as time moves on.
+    """
+
+    def __init__(
+        self,
+        window_seconds: float = 300.0,
+        slices: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._slice_seconds = window_seconds / slices
+        self._slices: deque[tuple[int, list[int]]] = deque()
+        self._max_slices = slices
+        self._clock = clock
+
+    def observe(self, seconds: float) -> None:
+        """Record one latency sample."""
+        now_slice = int(self._clock() / self._slice_seconds)
+        if not self._slices or self._slices[-1][0] != now_slice:
+            self._slices.append((now_slice, [0] * (len(_EDGES) + 1)))
+            self._expire(now_slice)
+        self._slices[-1][1][bisect.bisect_left(_EDGES, seconds)] += 1
+
+    def _expire(self, now_slice: int) -> None:
+        while self._slices and self._slices[0][0] <= now_slice - self._max_slices:
+            self._slices.popleft()
+
+    def summary(self) -> dict[str, float | int | None]:
+        """``{p50, p95, p99, count}`` in milliseconds over the window."""
+        self._expire(int(self._clock() / self._slice_seconds))
+        totals = [0] * (len(_EDGES) + 1)
+        for _, counts in self._slices:
+            for i, c in enumerate(counts):
+                if c:
+                    totals[i] += c
+        count = sum(totals)
+        out: dict[str, float | int | None] = {"count": count}
+        for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
+            out[name] = _quantile(totals, count, q)
+        return out
+
+
+def _quantile(totals: list[int], count: int, q: float) -> float | None:
+    if count == 0:
+        return None
+    rank = q * count
+    seen = 0
+    for i, c in enumerate(totals):
+        seen += c
+        if seen >= rank and c:
+            upper = _EDGES[i] if i < len(_EDGES) else _EDGES[-1]
+            lower = _EDGES[i - 1] if i > 0 else 0.0
+            return round((lower + upper) / 2 * 1000, 4)
+    return None
+
+
+class Metrics:
+    """The server's counters, in their own registry (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge(
+            "lockerbus_connections", "Open connections", ["namespace"], registry=r
+        )
+        self.published = Counter(
+            "lockerbus_events_published", "Events accepted and stored", ["type"], registry=r
+        )
+        self.rejected = Counter(
+            "lockerbus_events_rejected", "Publishes refused", ["reason"], registry=r
+        )
+        self.broadcast_latency = Histogram(
+            "lockerbus_broadcast_latency_seconds",
+            "From an event being accepted to it being handed to every recipient's transport",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_events = Gauge("lockerbus_store_events", "Events held by the store", registry=r)
+        self.replayed = Counter(
+            "lockerbus_events_replayed", "Events replayed to connecting clients", registry=r
+        )
+        self.fallbacks = Counter(
+            "lockerbus_fallback_broadcasts",
+            "Broadcasts sent to a whole namespace because the room was empty",
+            ["namespace"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "lockerbus_connections_refused", "Refused connections", ["reason"], registry=r
+        )
+        self.latency = LatencyWindow()
+        self.errors: dict[str, int] = {}
+
+    def observe_broadcast(self, seconds: float) -> None:
+        """One broadcast handed to its recipients ``seconds`` after acceptance."""
+        self.broadcast_latency.observe(seconds)
+        self.latency.observe(seconds)
+
+    def reject(self, reason: str) -> None:
+        """A publish refused with wire code ``reason``."""
+        self.rejected.labels(reason).inc()
+        self.errors[reason] = self.errors.get(reason, 0) + 1

@@ -1,0 +1,70 @@
+"""Run an app on a TCP port and stop it gracefully.
+
+aiohttp's own shutdown closes idle connections before ``on_shutdown`` runs,
+which leaves open websockets waiting for a close handshake that cannot
+finish.  So the order here is: stop listening, disconnect every Socket.IO
+client (so it reconnects elsewhere), then let aiohttp finish in-flight HTTP
+requests and run the cleanup context (which flushes and closes the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .app import GATEWAY, create_app
+from .config import Settings
+from .log import app_logger
+
+
+@dataclass(slots=True)
+class RunningApp:
+    """An app listening on ``host:port``."""
+
+    app: web.Application
+    runner: web.AppRunner
+    site: web.TCPSite
+    host: str
+    port: int
+
+    async def stop(self) -> None:
+        """Graceful stop; see the module docstring for the order."""
+        await self.site.stop()
+        await self.app[GATEWAY].close()
+        await self.runner.cleanup()
+
+
+async def start(settings: Settings, app: web.Application | None = None) -> RunningApp:
+    """Serve ``app`` (or ``create_app(settings)``) on the settings' host and port."""
+    app = app if app is not None else create_app(settings)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    port = settings.port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    return RunningApp(app, runner, site, settings.host, port)
+
+
+async def serve_until_signalled(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM, then stop gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    running = await start(settings)
+    app_logger.info("listening on http://%s:%s", running.host, running.port)
+    print(f"lockerbus serving on http://{running.host}:{running.port}", flush=True)
+    await stop.wait()
+    app_logger.info("shutting down")
+    await running.stop()
