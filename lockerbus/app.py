@@ -79,6 +79,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         bus=bus,
         store=store,
         metrics=metrics,
+        commands=gateway.commands,
         max_event_bytes=settings.max_event_bytes,
         stats=stats,
     ).add_routes(app)

@@ -303,3 +303,30 @@ DATA_SCHEMAS: Final = _instances(RAISE)
 DATA_SCHEMAS_LENIENT: Final = _instances(EXCLUDE)
 ENVELOPE_SCHEMA: Final = EnvelopeSchema()
 ENVELOPE_SCHEMA_LENIENT: Final = EnvelopeSchema(unknown=EXCLUDE)
+
+
+# --------------------------------------------------------------------------
+# commands (contract §5): what an issuer sends, and what a kiosk answers
+
+
+class CommandRequestSchema(_DataSchema):
+    """``command`` from a panel, gateway or admin; the server adds id/issued_*."""
+
+    type = _enum(COMMAND_TYPES, required=True)
+    kioskId = _id(required=True)
+    lockerId = _id()
+    parameters = _free_object()
+    idempotency_key = fields.String(validate=validate.Length(min=1, max=128))
+
+
+class KioskAnswerSchema(_DataSchema):
+    """A kiosk's ack to ``command``."""
+
+    success = Boolean(required=True)
+    message = _text()
+    error = _text()
+    response_data = _free_object()
+
+
+COMMAND_REQUEST_SCHEMA: Final = CommandRequestSchema()
+KIOSK_ANSWER_SCHEMA: Final = KioskAnswerSchema()

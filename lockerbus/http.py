@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .auth import STATS_ROLES, Principal, bearer_token, verify_token
 from .bus import EventBus
+from .commands import CommandService
 from .errors import (
     BadRequestError,
     ForbiddenError,
@@ -71,6 +72,7 @@ class HttpApi:
         bus: EventBus,
         store: EventStore,
         metrics: Metrics,
+        commands: CommandService,
         max_event_bytes: int,
         stats: Callable[[], Awaitable[dict[str, Any]]],
     ) -> None:
@@ -78,6 +80,7 @@ class HttpApi:
         self.bus = bus
         self.store = store
         self.metrics = metrics
+        self.commands = commands
         self.max_body = max_event_bytes + 4096
         self._stats = stats
 
@@ -89,6 +92,7 @@ class HttpApi:
         app.router.add_post("/api/events", self.post_event)
         app.router.add_get("/api/events", self.get_events)
         app.router.add_get("/api/stats", self.get_stats)
+        app.router.add_post("/api/commands", self.post_command)
 
     def principal(self, request: web.Request) -> Principal:
         """The caller of a request, from ``Authorization: Bearer <jwt>``."""
@@ -109,13 +113,7 @@ class HttpApi:
     async def post_event(self, request: web.Request) -> web.Response:
         """Publish one event: 201 with its envelope, or the contract's error."""
         principal = self.principal(request)
-        if request.content_length is not None and request.content_length > self.max_body:
-            raise PayloadTooLargeError(f"request body is over {self.max_body} bytes")
-        body = await _read_body(request, self.max_body)
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequestError(f"body is not valid JSON: {exc}") from None
+        payload = await self._json_body(request)
         if not isinstance(payload, dict):
             raise BadRequestError("body must be a JSON object {type, data, room?}")
         unknown = set(payload) - PUBLISH_KEYS
@@ -127,6 +125,21 @@ class HttpApi:
             payload.get("type"), payload.get("data"), principal=principal, room=payload.get("room")
         )
         return json_response(event, status=201)
+
+    async def post_command(self, request: web.Request) -> web.Response:
+        """Run a command at a kiosk: 201 with the command_applied envelope."""
+        principal = self.principal(request)
+        payload = await self._json_body(request)
+        return json_response(await self.commands.execute(principal, payload), status=201)
+
+    async def _json_body(self, request: web.Request) -> Any:
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise PayloadTooLargeError(f"request body is over {self.max_body} bytes")
+        body = await _read_body(request, self.max_body)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequestError(f"body is not valid JSON: {exc}") from None
 
     async def get_events(self, request: web.Request) -> web.Response:
         """Page through a namespace's history, oldest first."""

@@ -20,13 +20,9 @@ from typing import Any, Final
 
 import socketio
 
-from .auth import (
-    Principal,
-    authorize_command,
-    check_subscribe_room,
-    verify_token,
-)
+from .auth import Principal, check_subscribe_room, verify_token
 from .bus import EventBus
+from .commands import CommandService, KioskDisconnected, KioskOffline
 from .config import Settings
 from .errors import BadRequestError, ForbiddenError, LockerbusError, StoreUnavailableError
 from .events import EVENTS_NS, KIOSK_ROOM_PREFIX, NAMESPACES
@@ -85,6 +81,7 @@ class Connection:
     rooms: set[str] = field(default_factory=set)
     replaying: bool = True
     pending: list[Event] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Hub:
@@ -110,6 +107,7 @@ class Hub:
     def remove(self, conn: Connection) -> None:
         if self.connections[conn.namespace].pop(conn.sid, None) is None:
             return
+        conn.closed.set()
         sub = conn.principal.sub
         left = self._per_principal.get(sub, 1) - 1
         if left:
@@ -280,8 +278,10 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def _command(self, sid: str, payload: Any) -> dict[str, Any]:
         conn = self.gw.connection(self.namespace, sid)
-        authorize_command(conn.principal)
-        raise BadRequestError("commands are not available yet")
+        if self.namespace != EVENTS_NS:
+            raise BadRequestError(f"commands are issued on {EVENTS_NS}")
+        event = await self.gw.commands.execute(conn.principal, payload)
+        return {"ok": True, "event": event}
 
 
 class LockerbusServer(socketio.AsyncServer):  # type: ignore[misc]
@@ -341,6 +341,7 @@ class SocketGateway:
         bus.broadcaster = self.hub
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self.commands = CommandService(bus, self, timeout_seconds=settings.command_timeout_seconds)
         for ns in NAMESPACES:
             self.sio.register_namespace(LockerbusNamespace(ns, self))
 
@@ -387,6 +388,36 @@ class SocketGateway:
             await self.bus.emit(event)
         except LockerbusError as exc:
             server_logger.warning("could not publish %s event: %s", event_type, exc.message)
+
+    # -- commands (KioskLink) ---------------------------------------------------
+
+    async def send_command(
+        self, kiosk_id: str, command: Mapping[str, Any], timeout_seconds: float
+    ) -> Any:
+        """Send ``command`` to one connection of the kiosk (the newest) and await its ack."""
+        members = self.hub.rooms[EVENTS_NS].get(KIOSK_ROOM_PREFIX + kiosk_id)
+        if not members:
+            raise KioskOffline(kiosk_id)
+        conn = next(reversed(members.values()))
+        call = asyncio.ensure_future(
+            self.sio.call(
+                "command", dict(command), to=conn.sid, namespace=EVENTS_NS, timeout=timeout_seconds
+            )
+        )
+        gone = asyncio.ensure_future(conn.closed.wait())
+        try:
+            await asyncio.wait({call, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not call.done():
+            call.cancel()
+            raise KioskDisconnected(kiosk_id)
+        try:
+            return call.result()
+        except socketio.exceptions.TimeoutError:
+            raise TimeoutError from None
+        except socketio.exceptions.DisconnectedError:
+            raise KioskDisconnected(kiosk_id) from None
 
     # -- replay ---------------------------------------------------------------
 

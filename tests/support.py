@@ -114,6 +114,7 @@ async def connect(
     auth: dict[str, Any] | None = None,
     token: str | None = None,
     expect_refusal: bool = False,
+    handlers: dict[str, Callable[..., Any]] | None = None,
     **client_kwargs: Any,
 ) -> Client:
     """Connect a real client; ``auth`` extends the default ``{token}``."""
@@ -145,6 +146,8 @@ async def connect(
         for name in loop_names:
             sio.on(name, recorder(ns, name), namespace=ns)
         sio.on("disconnect", recorder(ns, "disconnect"), namespace=ns)
+        for name, handler in (handlers or {}).items():
+            sio.on(name, handler, namespace=ns)
         sio.on("connect_error", error_recorder(ns), namespace=ns)
     full_auth: dict[str, Any] = {"token": token if token is not None else server.token(role, sub)}
     full_auth.update(auth or {})
