@@ -10,6 +10,7 @@ from aiohttp import web
 from .bus import EventBus
 from .config import Settings
 from .http import Handler, HttpApi, errors_middleware
+from .limits import PrincipalLimits
 from .log import app_logger
 from .metrics import Metrics
 from .server import SocketGateway
@@ -80,6 +81,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         store=store,
         metrics=metrics,
         commands=gateway.commands,
+        limits=PrincipalLimits(settings.rate_limit_per_second, settings.rate_limit_burst),
         max_event_bytes=settings.max_event_bytes,
         stats=stats,
     ).add_routes(app)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from .auth import Principal, authorize_publish, check_publish_room
 from .errors import LockerbusError, StoreUnavailableError, UnknownEventTypeError
 from .events import ROUTES
+from .limits import TokenBucket
 from .log import server_logger
 from .metrics import Metrics
 from .service import Event, EventService
@@ -53,6 +54,7 @@ class EventBus:
         principal: Principal | None = None,
         room: Any = None,
         ttl_seconds: float | None = None,
+        bucket: TokenBucket | None = None,
     ) -> Event:
         """Publish one event; ``principal`` None is the server itself.
 
@@ -61,6 +63,8 @@ class EventBus:
         """
         accepted_at = self._clock()
         try:
+            if bucket is not None:
+                bucket.check()  # first: a flood costs no validation work
             if not isinstance(event_type, str) or event_type not in ROUTES:
                 raise UnknownEventTypeError(f"unknown event type {str(event_type)[:64]!r}")
             self.service.check_size(data)

@@ -24,6 +24,7 @@ from .errors import (
     StoreUnavailableError,
 )
 from .events import NAMESPACES
+from .limits import PrincipalLimits
 from .log import access_logger
 from .metrics import Metrics
 from .service import check_version, parse_since
@@ -73,6 +74,7 @@ class HttpApi:
         store: EventStore,
         metrics: Metrics,
         commands: CommandService,
+        limits: PrincipalLimits,
         max_event_bytes: int,
         stats: Callable[[], Awaitable[dict[str, Any]]],
     ) -> None:
@@ -81,6 +83,7 @@ class HttpApi:
         self.store = store
         self.metrics = metrics
         self.commands = commands
+        self.limits = limits
         self.max_body = max_event_bytes + 4096
         self._stats = stats
 
@@ -122,7 +125,11 @@ class HttpApi:
         if "version" in payload:
             check_version(payload["version"])
         event = await self.bus.publish(
-            payload.get("type"), payload.get("data"), principal=principal, room=payload.get("room")
+            payload.get("type"),
+            payload.get("data"),
+            principal=principal,
+            room=payload.get("room"),
+            bucket=self.limits.bucket(principal.sub),
         )
         return json_response(event, status=201)
 

@@ -24,9 +24,15 @@ from .auth import Principal, check_subscribe_room, verify_token
 from .bus import EventBus
 from .commands import CommandService, KioskDisconnected, KioskOffline
 from .config import Settings
-from .errors import BadRequestError, ForbiddenError, LockerbusError, StoreUnavailableError
+from .errors import (
+    BadRequestError,
+    ForbiddenError,
+    LockerbusError,
+    StoreUnavailableError,
+)
 from .events import EVENTS_NS, KIOSK_ROOM_PREFIX, NAMESPACES
 from .fanout import Sender, encode_event
+from .limits import TokenBucket
 from .log import server_logger
 from .metrics import Metrics
 from .service import Event, check_version, parse_since
@@ -82,6 +88,7 @@ class Connection:
     replaying: bool = True
     pending: list[Event] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    bucket: TokenBucket | None = None
 
 
 class Hub:
@@ -218,6 +225,7 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.to_wire()) from None
         eio_sid = gw.sio.manager.eio_sid_from_sid(sid, ns)
         conn = Connection(sid, eio_sid, ns, principal, replay)
+        conn.bucket = TokenBucket(gw.settings.rate_limit_per_second, gw.settings.rate_limit_burst)
         gw.hub.add(conn)
         if principal.role == "kiosk" and ns == EVENTS_NS:
             gw.hub.join(conn, KIOSK_ROOM_PREFIX + principal.sub)
@@ -270,6 +278,7 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             payload.get("data"),
             principal=conn.principal,
             room=payload.get("room"),
+            bucket=conn.bucket,
         )
         return {"ok": True, "event": event}
 
