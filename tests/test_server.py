@@ -363,3 +363,61 @@ async def test_reconnect_with_last_seq_misses_nothing(server, http) -> None:
     complete = (await again.wait_events(LOCKERS, "replay_complete", 1))[0]
     assert complete["recovered"] is True
     assert [e["seq"] for e in again.events(LOCKERS, "locker_state_changed")] == [4, 5, 6, 7]
+
+
+# -- in-process API, transport details ---------------------------------------------
+
+
+async def test_in_process_emit_api_reaches_subscribers(server) -> None:
+    from lockerbus.app import BUS
+
+    watcher = await connect(server, [LOCKERS, HELP, EVENTS], role="admin", auth={"replay": False})
+    await watcher.wait_events(EVENTS, "replay_complete", 1)
+    bus = server.app[BUS]
+    locker = await bus.emit_locker_state_changed(
+        "locker-1", "closed", "open", "kiosk-1", user_id="user-123", metadata={"rfid": "C1"}
+    )
+    help_event = await bus.emit_help_requested(
+        {
+            "id": 1,
+            "kiosk_id": "kiosk-1",
+            "category": "access_issue",
+            "status": "open",
+            "created_at": "2026-11-26T19:00:00Z",
+            "note": "Cannot open locker",
+        },
+        "high",
+    )
+    status = await bus.emit_system_status("database", "degraded", 61.5, metrics={"cpu_usage": 93})
+    applied = await bus.emit_command_applied(
+        {
+            "id": "cmd-123",
+            "type": "open",
+            "lockerId": "locker-1",
+            "issued_by": "admin-user",
+            "issued_at": "2026-11-26T19:00:00Z",
+        },
+        {"success": True, "timestamp": "2026-11-26T19:00:01Z", "execution_time_ms": 150},
+    )
+    assert help_event["data"]["priority"] == "high"
+    assert (await watcher.wait_events(LOCKERS, "locker_state_changed", 1))[0] == locker
+    assert (await watcher.wait_events(HELP, "help_requested", 1))[0] == help_event
+    assert (await watcher.wait_events(EVENTS, "system_status", 1))[0] == status
+    assert (await watcher.wait_events(EVENTS, "command_applied", 1))[0] == applied
+
+
+async def test_in_process_emit_validates(server) -> None:
+    from lockerbus.app import BUS
+    from lockerbus.errors import EventValidationError
+
+    with pytest.raises(EventValidationError) as info:
+        await server.app[BUS].emit_locker_state_changed("locker-1", "invalid-state", "open", "k1")
+    assert "data.oldState" in info.value.fields
+
+
+async def test_websocket_compression_is_refused_by_default(server_factory, http) -> None:
+    for enabled in (False, True):
+        srv = await server_factory(websocket_compression=enabled)
+        url = f"{srv.url}/socket.io/?EIO=4&transport=websocket"
+        async with http.ws_connect(url, compress=15) as ws:
+            assert bool(ws.compress) is enabled
