@@ -58,6 +58,9 @@ _MAX_BATCH: Final = 512
 _READERS: Final = 2
 # A successful commit this recent already proves the write path for check().
 _PROBE_FRESH_SECONDS: Final = 1.0
+# check() keeps reporting a failed append this long unless an append succeeds since:
+# a probe's small write can pass where real appends fail (a disk nearly full).
+_FAILURE_MEMORY_SECONDS: Final = 5.0
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -164,7 +167,8 @@ class _Writer:
         self.conn: sqlite3.Connection | None = None
         self.identity: tuple[int, int] | None = None
         self.last_commit = float("-inf")
-        self.problem: str | None = None
+        self.problem: str | None = None  # the last error logged, to log each once
+        self.append_failure: tuple[str, float] | None = None  # (reason, monotonic time)
         self.thread = threading.Thread(
             target=self._run, name="lockerbus-sqlite-writer", daemon=True
         )
@@ -322,12 +326,13 @@ class _Writer:
             self._check_file()
         except Exception as exc:
             error = self._failed(exc)
+            self.append_failure = (str(error), time.monotonic())
             return [
                 r if r is not None and r[2] is not None else (job.future, None, error)
                 for job, r in zip(jobs, results, strict=True)
             ]
         self.last_commit = time.monotonic()
-        self.problem = None
+        self.problem = self.append_failure = None
         return [r for r in results if r is not None]
 
     def _evict_capacity(self, conn: sqlite3.Connection) -> int:
@@ -390,7 +395,12 @@ class _Writer:
     def probe(self, conn: sqlite3.Connection) -> None:
         """Prove the write path: the file is ours and a transaction commits."""
         self._check_file()
-        if time.monotonic() - self.last_commit < _PROBE_FRESH_SECONDS and self.problem is None:
+        now = time.monotonic()
+        if self.append_failure is not None:
+            reason, at = self.append_failure
+            if now - at < _FAILURE_MEMORY_SECONDS:
+                raise StoreUnavailableError(f"{reason} (an append failed {now - at:.1f}s ago)")
+        if now - self.last_commit < _PROBE_FRESH_SECONDS:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
