@@ -59,7 +59,7 @@ async def test_each_event_is_held_once() -> None:
         log = store._logs[LOCKERS]
         record = log.records[0]
         assert record is not None
-        assert store._cache[record.key] is record  # (test-only read; this store never does)
+        assert store._cache[record] is record  # (a test-only read; the store never does)
         assert isinstance(record.blob, bytes)
 
 

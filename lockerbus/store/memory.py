@@ -19,6 +19,7 @@ import contextlib
 import heapq
 import itertools
 import time
+import zlib
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable
@@ -49,12 +50,9 @@ from .codec import (
 class _Record:
     """One stored event: its JSON bytes and checksum, and where it lives."""
 
-    __slots__ = ("blob", "crc", "key", "log", "seq", "ttl")
+    __slots__ = ("blob", "crc", "log", "seq", "ttl")
 
-    def __init__(
-        self, key: int, log: _Log, seq: int, blob: bytes, crc: int, ttl: float | None
-    ) -> None:
-        self.key = key
+    def __init__(self, log: _Log, seq: int, blob: bytes, crc: int, ttl: float | None) -> None:
         self.log = log
         self.seq = seq
         self.blob = blob
@@ -179,13 +177,14 @@ class _Log:
         return [r for r in self.records[self.head :] if r is not None]
 
 
-class _EventCache(TTLCache[int, _Record, float]):
+class _EventCache(TTLCache[_Record, _Record, float]):
     """A TTLCache that reports every record it drops, and why.
 
     TTLCache keeps one TTL for all items, in insertion order, which is what
     makes its expiry and eviction oldest-first (and cheaper per append than
     TLRUCache's heap).  Events given a shorter TTL of their own are also kept
-    in a small heap and dropped from the cache when that runs out.
+    in a small heap and dropped from the cache when that runs out.  Records
+    are their own keys (hashed by identity): no key object per event.
     """
 
     def __init__(
@@ -198,30 +197,32 @@ class _EventCache(TTLCache[int, _Record, float]):
         super().__init__(maxsize, ttl, timer)
         self._on_evict = on_evict
         self._short: list[tuple[float, int, _Record]] = []
+        self._ties = itertools.count()
 
-    def add(self, record: _Record, now: float) -> None:
+    def add(self, record: _Record) -> None:
         """Insert ``record``; a per-event TTL below the cache's shortens its life."""
-        self[record.key] = record
+        self[record] = record
         if record.ttl is not None and record.ttl < self.ttl:
-            heapq.heappush(self._short, (now + record.ttl, record.key, record))
+            expires = self.timer() + record.ttl
+            heapq.heappush(self._short, (expires, next(self._ties), record))
 
-    def expire(self, time: float | None = None) -> list[tuple[int, _Record]]:
+    def expire(self, time: float | None = None) -> list[tuple[_Record, _Record]]:
         if time is None:
             time = self.timer()
         expired = super().expire(time)
         short = self._short
         while short and not time < short[0][0]:
-            _expires, key, record = heapq.heappop(short)
+            record = heapq.heappop(short)[2]
             # Cache.__contains__: is it still here (not evicted), without TTL or LRU work.
-            if Cache.__contains__(self, key):
+            if Cache.__contains__(self, record):
                 with contextlib.suppress(KeyError):  # TTLCache's "was already expired"
-                    del self[key]
-                expired.append((key, record))
-        for _key, record in expired:
+                    del self[record]
+                expired.append((record, record))
+        for record, _ in expired:
             self._on_evict(record, "ttl")
         return expired
 
-    def popitem(self) -> tuple[int, _Record]:
+    def popitem(self) -> tuple[_Record, _Record]:
         key, record = super().popitem()
         self._on_evict(record, "capacity")
         return key, record
@@ -241,7 +242,6 @@ class MemoryEventStore(EventStore):
         self._cache = self._new_cache()
         self._logs: dict[str, _Log] = {}
         self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
-        self._keys = itertools.count()
         self._state = "new"
         self._cleaner: asyncio.Task[None] | None = None
 
@@ -285,9 +285,9 @@ class MemoryEventStore(EventStore):
         seq = log.last_seq + 1
         stored = {**event, "seq": seq, "epoch": self.epoch}
         blob = encode(stored)
-        record = _Record(next(self._keys), log, seq, blob, checksum(blob), ttl_seconds)
+        record = _Record(log, seq, blob, checksum(blob), ttl_seconds)
         # May expire or evict older records first; this one is never the victim.
-        self._cache.add(record, self._clock())
+        self._cache.add(record)
         log.push(record, at)
         return stored
 
@@ -406,7 +406,8 @@ class MemoryEventStore(EventStore):
 
     def _decode(self, records: list[_Record]) -> list[Event] | None:
         """The records as events, or None after removing any that failed their checks."""
-        bad = [r for r in records if checksum(r.blob) != r.crc]
+        crc32 = zlib.crc32  # the same function as codec.checksum, without a call layer
+        bad = [r for r in records if crc32(r.blob) != r.crc]
         for record in bad:
             self._remove_corrupt(record, "checksum mismatch")
         if bad:
@@ -431,7 +432,7 @@ class MemoryEventStore(EventStore):
     def _remove_corrupt(self, record: _Record, why: str) -> None:
         # Not through cache.pop(): that reads the entry and would reorder the LRU.
         with contextlib.suppress(KeyError):
-            del self._cache[record.key]
+            del self._cache[record]
         if record.log.remove(record):
             self._evictions["corrupt"] += 1
             log_corrupt(record.log.namespace, record.seq, why)
