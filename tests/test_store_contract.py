@@ -113,6 +113,10 @@ async def test_bad_arguments_are_refused(store: EventStore) -> None:
         await store.append(make_event(), ttl_seconds=0)
     with pytest.raises(ValueError, match="namespace"):
         await store.append({**make_event(), "namespace": None})
+    with pytest.raises(ValueError, match="timestamp"):
+        await store.append({**make_event(), "timestamp": None})
+    with pytest.raises(ValueError, match="zone"):
+        await store.append({**make_event(), "timestamp": "2026-11-26T19:00:00"})
     with pytest.raises(ValueError, match="limit"):
         await store.replay(LOCKERS, after_seq=0, limit=-1)
     with pytest.raises(ValueError, match="aware"):
