@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from .errors import (
@@ -17,7 +19,20 @@ from .errors import (
     UnauthorizedError,
     UnknownEventTypeError,
 )
-from .service import Event, EventService
+
+if TYPE_CHECKING:
+    from .service import Event, EventService
+
+
+def __getattr__(name: str) -> Any:
+    # Lazily, so that importing lockerbus.errors or lockerbus.events does not
+    # pull in the service layer above them (tests/test_imports.py).
+    if name in ("Event", "EventService"):
+        from . import service
+
+        return getattr(service, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BadRequestError",

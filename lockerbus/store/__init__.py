@@ -5,6 +5,7 @@ Each backend's module (and its driver) is imported only when its URL is used.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,6 +63,8 @@ def open_store(
         from .sqlite import SqliteEventStore
 
         return SqliteEventStore(url[len("sqlite:///") :], options, clock=clock)
-    from .redis import RedisEventStore
-
-    return RedisEventStore(url, options, clock=clock)
+    # By name: the Redis backend (and its driver) is an optional extra that
+    # type-checking must not require.
+    redis_backend = importlib.import_module(".redis", __name__)
+    store: EventStore = redis_backend.RedisEventStore(url, options, clock=clock)
+    return store

@@ -1,8 +1,8 @@
 """The event store contract: every backend (memory, SQLite, Redis) keeps it.
 
 This is where "no event lost" is decided, so the guarantees are stated here,
-on the interface, and one shared test suite (tests/store_contract.py) holds
-every backend to them.
+on the interface, and one shared test suite (tests/test_store_contract.py)
+holds every backend to them.
 
 Guarantees
 ----------
@@ -10,7 +10,9 @@ Guarantees
   never reused within an epoch) and the store's ``epoch`` atomically with the
   write: when it returns, the event is stored (durably, for a durable store)
   and will be returned by ``replay``/``page`` until it expires or is evicted.
-  When it raises, nothing was stored and no seq was consumed.
+  When it raises, nothing was stored and no seq was consumed.  (A caller
+  cancelled while awaiting a durable append may find the event stored: the
+  write, once queued, is not withdrawn.)
 * Concurrent appends never produce duplicate or out-of-order seqs, and
   ``append`` calls resolve in seq order within a namespace: a caller that
   broadcasts right after ``await store.append(...)``, with no other await in
@@ -18,11 +20,17 @@ Guarantees
 * Eviction (TTL, capacity, corruption) removes the oldest events first within
   a namespace, except where a per-event TTL is shorter; any hole it leaves is
   detected, never hidden: a replay across it answers ``recovered=False``.
+  Capacity (``max_events``) counts every namespace together and evicts in
+  append order.  An expired event is never returned, whether or not cleanup
+  has removed it yet; it is counted under ``ttl`` once removed.
+* ``last_seq`` of a namespace outlives its events: after every event expired,
+  the next append still continues the sequence.
 * ``epoch`` names the sequence space.  It changes when the store is new (a
   memory store on every start); a durable store keeps it across restarts.
 * Every stored record carries a checksum of its serialized form; a record that
   fails it, or no longer deserializes, is removed, counted as ``corrupt``,
   logged once, and makes a replay across it answer ``recovered=False``.
+  Records are checked when read and by every ``cleanup()``.
 * Storage failures raise :class:`~lockerbus.errors.StoreUnavailableError`;
   ``check()`` raises it with the reason while the store cannot serve.
 * No method blocks the event loop: file and network work runs off it.
@@ -95,8 +103,12 @@ class EventStore(abc.ABC):
     async def append(self, event: Event, *, ttl_seconds: float | None = None) -> Event:
         """Store a validated event; returns it with ``seq`` and ``epoch`` set.
 
-        ``event["namespace"]`` picks the sequence; ``ttl_seconds`` overrides
-        the store's default TTL for this event.  The argument is not mutated.
+        ``event["namespace"]`` picks the sequence; ``ttl_seconds`` shortens
+        the store's TTL for this event (it never extends it: the store's TTL
+        is the retention limit).  The argument is not mutated, and must not
+        be mutated by others until this returns.  Raises ValueError for an
+        event without namespace or timestamp, TypeError for one JSON cannot
+        carry, StoreUnavailableError when storage fails.
         """
 
     @abc.abstractmethod
@@ -117,8 +129,11 @@ class EventStore(abc.ABC):
         matches; otherwise the newest ``limit`` events of the namespace and
         ``recovered=False``.  With ``since`` (an aware datetime): the newest
         ``limit`` events whose timestamp is at or after it, oldest first,
-        ``recovered=None``.  With neither: the newest ``limit`` events.
-        ``has_more`` says whether matching events were left out.
+        ``recovered=None``.  With neither: the newest ``limit`` events,
+        ``recovered=None``.  ``after_seq`` takes precedence over ``since``.
+        ``has_more`` says whether matching events were left out (for the
+        ``recovered=False`` fallback: whether the namespace holds more).
+        The decision itself is :func:`lockerbus.recovery.plan_replay`.
         """
 
     @abc.abstractmethod
@@ -147,7 +162,11 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     async def check(self) -> None:
-        """Return when the store can serve; raise StoreUnavailableError with the reason."""
+        """Return when the store can serve; raise StoreUnavailableError with the reason.
+
+        A durable store proves its write path here, so readiness follows
+        whether appends would work.
+        """
 
     @abc.abstractmethod
     async def close(self) -> None:

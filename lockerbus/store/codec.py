@@ -1,0 +1,114 @@
+"""What every backend stores: an event's compact JSON, its checksum, its time.
+
+Stores keep the serialized form (orjson bytes) rather than dicts: it is small,
+cannot be changed by a caller holding a reference, and is what a checksum can
+cover.  Decoding many records at once is one orjson call, which is what keeps a
+1,000-event replay within a couple of milliseconds.
+"""
+
+from __future__ import annotations
+
+import secrets
+import zlib
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, cast
+
+import orjson
+
+from ..log import store_logger
+from .base import Event
+
+
+def new_epoch() -> str:
+    """A fresh name for a sequence space: 64 random bits as hex."""
+    return secrets.token_hex(8)
+
+
+def checksum(blob: bytes) -> int:
+    """The checksum stored beside every record (CRC-32 of its bytes)."""
+    return zlib.crc32(blob)
+
+
+def encode(event: Event) -> bytes:
+    """An event as compact JSON bytes; raises TypeError for what JSON cannot carry.
+
+    orjson hands back its whole output buffer (about 4 KiB for a 400-byte
+    event); a memory store keeps thousands, so keep an exact-size copy.
+    """
+    return memoryview(orjson.dumps(event)).tobytes()
+
+
+def event_time(event: Event) -> float:
+    """The event's ``timestamp`` as POSIX seconds (what ``since`` is compared with)."""
+    raw = event.get("timestamp")
+    if not isinstance(raw, str):
+        raise ValueError("event has no timestamp string")
+    parsed = datetime.fromisoformat(raw)
+    if parsed.tzinfo is None:
+        raise ValueError(f"event timestamp {raw!r} has no zone")
+    return parsed.timestamp()
+
+
+def since_seconds(since: datetime) -> float:
+    """``since`` as POSIX seconds; a naive datetime is refused, not guessed at."""
+    if since.tzinfo is None:
+        raise ValueError("since must be an aware datetime")
+    return since.timestamp()
+
+
+def check_append(event: Event, ttl_seconds: float | None) -> str:
+    """The event's namespace, after refusing arguments no store can honour."""
+    namespace = event.get("namespace")
+    if not isinstance(namespace, str) or not namespace:
+        raise ValueError("event has no namespace")
+    if ttl_seconds is not None and not ttl_seconds > 0:
+        raise ValueError(f"ttl_seconds must be > 0, not {ttl_seconds}")
+    return namespace
+
+
+def check_limit(limit: int) -> None:
+    """Refuse a negative limit early, with a clear message."""
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, not {limit}")
+
+
+def decode_many(blobs: Sequence[bytes], seqs: list[int], namespace: str) -> list[Event] | None:
+    """Decode verified records in one call; None when any is not the event it claims to be.
+
+    The caller falls back to :func:`decode_one` per record to find the bad one.
+    """
+    if not blobs:
+        return []
+    try:
+        events: Any = orjson.loads(b"[" + b",".join(blobs) + b"]")
+        # One C-level comparison per field rather than a Python call per event.
+        if (
+            len(events) != len(seqs)
+            or [event["seq"] for event in events] != seqs
+            or any(event["namespace"] != namespace for event in events)
+        ):
+            return None
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return None
+    return cast("list[Event]", events)
+
+
+def decode_one(blob: bytes, seq: int, namespace: str) -> Event | None:
+    """One record decoded, or None when it no longer deserializes to the event it claims."""
+    try:
+        event: Any = orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        return None
+    return event if _is_record(event, seq, namespace) else None
+
+
+def _is_record(event: Any, seq: int, namespace: str) -> bool:
+    return (
+        isinstance(event, dict) and event.get("seq") == seq and event.get("namespace") == namespace
+    )
+
+
+def log_corrupt(namespace: str, seq: int, why: str) -> None:
+    """Say once (the record is removed right after) which record was lost and why."""
+    store_logger.warning("corrupt event removed: namespace=%s seq=%d (%s)", namespace, seq, why)

@@ -1,0 +1,449 @@
+"""The default store: events in process memory, bounded by a cachetools TLRUCache.
+
+The cache owns lifetime (the default TTL or a per-event one) and capacity
+(``max_events`` across all namespaces).  Its eviction order is least recently
+*used*, so this module never reads through it (no ``cache[key]``, ``get`` or
+``values()``): with no reads, "least recently used" is "least recently
+appended", and capacity eviction removes the oldest events first.  Reads go
+through a per-namespace index (:class:`_Log`) that refers to the very same
+record objects, so each event is held once, as compact JSON bytes.
+
+Everything here runs on the event loop without awaiting, so each method is
+atomic with respect to other coroutines; nothing touches disk or network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+import zlib
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable
+from datetime import datetime
+from typing import cast
+
+from cachetools import Cache, TTLCache
+
+from ..errors import StoreUnavailableError
+from ..log import store_logger
+from ..recovery import ReplayPlan, newest_plan, plan_replay
+from . import StoreOptions
+from .base import EVICTION_REASONS, Event, EventStore, NamespaceStats, ReplayResult, StoreStats
+from .codec import (
+    check_append,
+    check_limit,
+    checksum,
+    decode_many,
+    decode_one,
+    encode,
+    event_time,
+    log_corrupt,
+    new_epoch,
+    since_seconds,
+)
+
+
+class _Record:
+    """One stored event: its JSON bytes and checksum, and where it lives."""
+
+    __slots__ = ("blob", "crc", "log", "seq", "ttl")
+
+    def __init__(self, log: _Log, seq: int, blob: bytes, crc: int, ttl: float | None) -> None:
+        self.log = log
+        self.seq = seq
+        self.blob = blob
+        self.crc = crc
+        self.ttl = ttl
+
+
+class _Log:
+    """One namespace's held records in seq order, found by position.
+
+    ``records[i]`` is seq ``base + i``, or None once that event is gone; every
+    position below ``head`` is gone.  Seqs are assigned without holes, so a
+    seq's position is arithmetic, and a hole in a range shows as a None.
+    ``time_max[i]`` is the largest timestamp up to ``i``: timestamps are set
+    before append and can be slightly out of seq order, and a running maximum
+    is what ``bisect`` needs to find where ``since`` starts.
+    """
+
+    __slots__ = ("base", "head", "held", "last_seq", "namespace", "records", "time_max", "times")
+
+    _COMPACT_AT = 1024
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.base = 1
+        self.head = 0
+        self.held = 0
+        self.last_seq = 0
+        self.records: list[_Record | None] = []
+        self.times = array("d")
+        self.time_max = array("d")
+
+    def push(self, record: _Record, at: float) -> None:
+        self.records.append(record)
+        self.times.append(at)
+        self.time_max.append(
+            at if not self.time_max or at > self.time_max[-1] else self.time_max[-1]
+        )
+        self.held += 1
+        self.last_seq = record.seq
+
+    def remove(self, record: _Record) -> bool:
+        pos = record.seq - self.base
+        records = self.records
+        if pos < self.head or pos >= len(records) or records[pos] is not record:
+            return False
+        records[pos] = None
+        self.held -= 1
+        if pos == self.head:
+            head = pos
+            while head < len(records) and records[head] is None:
+                head += 1
+            self.head = head
+            # Dropping the front of a list is a memmove; do it rarely, in bulk.
+            if head >= self._COMPACT_AT and head * 2 >= len(records):
+                del records[:head], self.times[:head], self.time_max[:head]
+                self.base += head
+                self.head = 0
+        return True
+
+    def start(self, after_seq: int, since: float | None) -> int:
+        """The first position that can hold a seq above ``after_seq`` at or after ``since``."""
+        start = max(self.head, after_seq + 1 - self.base)
+        if since is not None:
+            start = max(start, bisect_left(self.time_max, since, start))
+        return start
+
+    def count_held(self, lo: int, hi: int) -> int:
+        """How many records with ``lo < seq <= hi`` are held."""
+        start = self.start(lo, None)
+        end = min(len(self.records), hi + 1 - self.base)
+        if start >= end:
+            return 0
+        chunk = self.records[start:end]
+        return len(chunk) - chunk.count(None)
+
+    def newest(self, after_seq: int, limit: int, since: float | None) -> tuple[list[_Record], bool]:
+        """The newest ``limit`` held records above ``after_seq`` (oldest first), and whether
+        more matched."""
+        records = self.records
+        start = self.start(after_seq, since)
+        if since is None:
+            lo = max(start, len(records) - limit)
+            chosen = records[lo:]
+            if None not in chosen:  # the usual case: no holes, one slice
+                older = records[start:lo]
+                return cast("list[_Record]", chosen), older.count(None) < len(older)
+        times = self.times
+        picked: list[_Record] = []
+        for pos in range(len(records) - 1, start - 1, -1):
+            record = records[pos]
+            if record is not None and (since is None or times[pos] >= since):
+                if len(picked) == limit:
+                    picked.reverse()
+                    return picked, True
+                picked.append(record)
+        picked.reverse()
+        return picked, False
+
+    def oldest(self, after_seq: int, limit: int, since: float | None) -> tuple[list[_Record], bool]:
+        """The oldest ``limit`` held records above ``after_seq`` at or after ``since``, and
+        whether more matched."""
+        records = self.records
+        times = self.times
+        picked: list[_Record] = []
+        for pos in range(self.start(after_seq, since), len(records)):
+            record = records[pos]
+            if record is not None and (since is None or times[pos] >= since):
+                if len(picked) == limit:
+                    return picked, True
+                picked.append(record)
+        return picked, False
+
+    def seq_range(self) -> tuple[int | None, int | None]:
+        """The oldest and newest held seqs."""
+        records = self.records
+        oldest = records[self.head] if self.head < len(records) else None
+        newest = next((r for r in reversed(records) if r is not None), None)
+        return (oldest.seq if oldest else None), (newest.seq if newest else None)
+
+    def held_records(self) -> list[_Record]:
+        return [r for r in self.records[self.head :] if r is not None]
+
+
+class _EventCache(TTLCache[_Record, _Record, float]):
+    """A TTLCache that reports every record it drops, and why.
+
+    TTLCache keeps one TTL for all items, in insertion order, which is what
+    makes its expiry and eviction oldest-first (and cheaper per append than
+    TLRUCache's heap).  Events given a shorter TTL of their own are also kept
+    in a small heap and dropped from the cache when that runs out.  Records
+    are their own keys (hashed by identity): no key object per event.
+    """
+
+    def __init__(
+        self,
+        maxsize: int,
+        timer: Callable[[], float],
+        ttl: float,
+        on_evict: Callable[[_Record, str], None],
+    ) -> None:
+        super().__init__(maxsize, ttl, timer)
+        self._on_evict = on_evict
+        self._short: list[tuple[float, int, _Record]] = []
+        self._ties = itertools.count()
+
+    def add(self, record: _Record) -> None:
+        """Insert ``record``; a per-event TTL below the cache's shortens its life."""
+        self[record] = record
+        if record.ttl is not None and record.ttl < self.ttl:
+            expires = self.timer() + record.ttl
+            heapq.heappush(self._short, (expires, next(self._ties), record))
+
+    def expire(self, time: float | None = None) -> list[tuple[_Record, _Record]]:
+        if time is None:
+            time = self.timer()
+        expired = super().expire(time)
+        short = self._short
+        while short and not time < short[0][0]:
+            record = heapq.heappop(short)[2]
+            # Cache.__contains__: is it still here (not evicted), without TTL or LRU work.
+            if Cache.__contains__(self, record):
+                with contextlib.suppress(KeyError):  # TTLCache's "was already expired"
+                    del self[record]
+                expired.append((record, record))
+        for record, _ in expired:
+            self._on_evict(record, "ttl")
+        return expired
+
+    def popitem(self) -> tuple[_Record, _Record]:
+        key, record = super().popitem()
+        self._on_evict(record, "capacity")
+        return key, record
+
+
+class MemoryEventStore(EventStore):
+    """Events in memory for one process; a new epoch on every start."""
+
+    def __init__(
+        self, options: StoreOptions | None = None, *, clock: Callable[[], float] | None = None
+    ) -> None:
+        self._options = options = options or StoreOptions()
+        if options.max_events < 1:
+            raise ValueError("max_events must be at least 1")
+        self._clock = clock or time.time
+        self.epoch = new_epoch()
+        self._cache = self._new_cache()
+        self._logs: dict[str, _Log] = {}
+        self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
+        self._state = "new"
+        self._cleaner: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the periodic cleanup; the store serves from here until close()."""
+        if self._state == "closed":
+            raise StoreUnavailableError("the memory store is closed")
+        if self._state == "new":
+            self._state = "open"
+            self._cleaner = asyncio.create_task(self._cleanup_forever(), name="lockerbus-cleanup")
+
+    async def close(self) -> None:
+        """Stop the cleanup task and drop every event (they die with the process anyway)."""
+        self._state = "closed"
+        cleaner, self._cleaner = self._cleaner, None
+        if cleaner is not None:
+            cleaner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cleaner
+        # A fresh cache rather than clear(): clear() pops items one by one through
+        # the eviction hook, which would count them as capacity evictions.
+        self._cache = self._new_cache()
+        self._logs.clear()
+
+    async def check(self) -> None:
+        """A memory store can serve whenever it is open."""
+        self._check_open()
+
+    # -- writing ------------------------------------------------------------
+
+    async def append(self, event: Event, *, ttl_seconds: float | None = None) -> Event:
+        """Store ``event`` with the next seq of its namespace (see base.EventStore)."""
+        namespace = check_append(event, ttl_seconds)
+        self._check_open()
+        at = event_time(event)
+        log = self._logs.get(namespace)
+        if log is None:
+            log = self._logs[namespace] = _Log(namespace)
+        seq = log.last_seq + 1
+        stored = {**event, "seq": seq, "epoch": self.epoch}
+        blob = encode(stored)
+        record = _Record(log, seq, blob, checksum(blob), ttl_seconds)
+        # May expire or evict older records first; this one is never the victim.
+        self._cache.add(record)
+        log.push(record, at)
+        return stored
+
+    # -- reading ------------------------------------------------------------
+
+    async def replay(
+        self,
+        namespace: str,
+        *,
+        after_seq: int | None = None,
+        epoch: str | None = None,
+        since: datetime | None = None,
+        limit: int,
+    ) -> ReplayResult:
+        """Events for a reconnecting client (see base.EventStore.replay)."""
+        check_limit(limit)
+        self._check_open()
+        since_at = since_seconds(since) if since is not None and after_seq is None else None
+        while True:
+            self._cache.expire()
+            log = self._log(namespace)
+            plan: ReplayPlan
+            if after_seq is not None:
+                plan = plan_replay(
+                    after_seq=after_seq,
+                    requested_epoch=epoch,
+                    epoch=self.epoch,
+                    last_seq=log.last_seq,
+                    limit=limit,
+                    count_held=log.count_held,
+                )
+            else:
+                plan = newest_plan(last_seq=log.last_seq, limit=limit)
+            records, has_more = log.newest(plan.after_seq, plan.limit, since_at)
+            events = self._decode(records)
+            if events is not None:
+                recovered = plan.recovered if after_seq is not None else None
+                return ReplayResult(events, log.last_seq, self.epoch, recovered, has_more)
+            # Corrupt records were removed: decide again, now that the hole shows.
+
+    async def page(
+        self,
+        namespace: str,
+        *,
+        after_seq: int = 0,
+        since: datetime | None = None,
+        limit: int,
+    ) -> ReplayResult:
+        """The oldest ``limit`` events after ``after_seq`` (see base.EventStore.page)."""
+        check_limit(limit)
+        self._check_open()
+        since_at = since_seconds(since) if since is not None else None
+        while True:
+            self._cache.expire()
+            log = self._log(namespace)
+            records, has_more = log.oldest(after_seq, limit, since_at)
+            events = self._decode(records)
+            if events is not None:
+                if has_more:
+                    last = records[-1].seq if records else max(after_seq, 0)
+                else:
+                    last = log.last_seq
+                return ReplayResult(events, last, self.epoch, None, has_more)
+
+    async def last_seq(self, namespace: str) -> int:
+        """The latest seq assigned in ``namespace`` (0 when none)."""
+        self._check_open()
+        log = self._logs.get(namespace)
+        return log.last_seq if log else 0
+
+    async def stats(self) -> StoreStats:
+        """Counts per namespace, seq ranges and evictions by reason."""
+        self._check_open()
+        self._cache.expire()
+        namespaces = {}
+        for name, log in self._logs.items():
+            oldest, newest = log.seq_range()
+            namespaces[name] = NamespaceStats(log.held, oldest, newest, log.last_seq)
+        return StoreStats(
+            backend="memory",
+            epoch=self.epoch,
+            events=sum(log.held for log in self._logs.values()),
+            max_events=self._options.max_events,
+            namespaces=namespaces,
+            evictions=dict(self._evictions),
+        )
+
+    async def cleanup(self) -> int:
+        """Drop expired events and verify every checksum; returns how many were removed."""
+        self._check_open()
+        removed = len(self._cache.expire())
+        for log in list(self._logs.values()):
+            bad = [r for r in log.held_records() if checksum(r.blob) != r.crc]
+            for record in bad:
+                self._remove_corrupt(record, "checksum mismatch")
+            removed += len(bad)
+        return removed
+
+    # -- internals ----------------------------------------------------------
+
+    def _new_cache(self) -> _EventCache:
+        options = self._options
+        return _EventCache(options.max_events, self._clock, options.ttl_seconds, self._evicted)
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            state = "not started" if self._state == "new" else "closed"
+            raise StoreUnavailableError(f"the memory store is {state}")
+
+    def _log(self, namespace: str) -> _Log:
+        return self._logs.get(namespace) or _Log(namespace)
+
+    def _evicted(self, record: _Record, reason: str) -> None:
+        if record.log.remove(record):
+            self._evictions[reason] += 1
+
+    def _decode(self, records: list[_Record]) -> list[Event] | None:
+        """The records as events, or None after removing any that failed their checks."""
+        crc32 = zlib.crc32  # the same function as codec.checksum, without a call layer
+        bad = [r for r in records if crc32(r.blob) != r.crc]
+        for record in bad:
+            self._remove_corrupt(record, "checksum mismatch")
+        if bad:
+            return None
+        events = (
+            decode_many(
+                [r.blob for r in records], [r.seq for r in records], records[0].log.namespace
+            )
+            if records
+            else []
+        )
+        if events is not None:
+            return events
+        one_by_one = [decode_one(r.blob, r.seq, r.log.namespace) for r in records]
+        for record, event in zip(records, one_by_one, strict=True):
+            if event is None:
+                self._remove_corrupt(record, "does not deserialize")
+        if None in one_by_one:
+            return None
+        return cast("list[Event]", one_by_one)
+
+    def _remove_corrupt(self, record: _Record, why: str) -> None:
+        # Not through cache.pop(): that reads the entry and would reorder the LRU.
+        with contextlib.suppress(KeyError):
+            del self._cache[record]
+        if record.log.remove(record):
+            self._evictions["corrupt"] += 1
+            log_corrupt(record.log.namespace, record.seq, why)
+
+    async def _cleanup_forever(self) -> None:
+        interval = self._options.cleanup_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.cleanup()
+            except StoreUnavailableError:
+                return
+            except Exception:
+                store_logger.exception("memory store cleanup failed")

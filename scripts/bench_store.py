@@ -1,0 +1,191 @@
+"""Benchmark the event stores (run through scripts/bench_store).
+
+Prints appends/s and replay(1000) latency for the memory and SQLite stores, and
+the RSS growth of a memory store holding 10,000 events (measured in a fresh
+child process so nothing else in this one skews it).  Timings are the best and
+the median of several runs: on a shared machine the best shows what the code
+costs, the median what a busy neighbour makes of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from lockerbus.store import EventStore, StoreOptions, open_store
+
+NAMESPACE = "/ws/lockers"
+T0 = datetime(2026, 11, 26, 19, 0, tzinfo=UTC)
+TARGETS = {
+    "memory": {"appends": 100_000, "replay_ms": 2.0},
+    "sqlite": {"appends": 10_000, "replay_ms": 10.0},
+}
+
+
+def event(i: int) -> dict[str, Any]:
+    """A typical locker event (about 400 bytes as stored JSON)."""
+    at = (T0 + timedelta(milliseconds=i)).isoformat(timespec="milliseconds")
+    return {
+        "id": str(uuid.uuid4()),
+        "type": "locker_state_changed",
+        "version": "1.0",
+        "namespace": NAMESPACE,
+        "room": "locker_updates",
+        "timestamp": at.replace("+00:00", "Z"),
+        "data": {
+            "lockerId": f"locker-{i % 200}",
+            "oldState": "closed",
+            "newState": "open",
+            "kioskId": f"kiosk-{i % 20}",
+            "userId": f"user-{i % 5000}",
+            "reason": "User opened with RFID",
+            "metadata": {"rfid_card": f"CARD{i:08d}"},
+        },
+    }
+
+
+def summary(values: list[float]) -> tuple[float, float]:
+    return min(values), statistics.median(values)
+
+
+async def appends_per_second(store: EventStore, total: int, writers: int) -> float:
+    events = [event(i) for i in range(total)]
+    per_writer = total // writers
+
+    async def write(chunk: list[dict[str, Any]]) -> None:
+        for item in chunk:
+            await store.append(item)
+
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(write(events[w * per_writer : (w + 1) * per_writer]) for w in range(writers))
+    )
+    return per_writer * writers / (time.perf_counter() - start)
+
+
+async def replay_ms(store: EventStore, repeats: int) -> list[float]:
+    last = await store.last_seq(NAMESPACE)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = await store.replay(NAMESPACE, after_seq=last - 1000, limit=1000)
+        times.append((time.perf_counter() - start) * 1000)
+        assert result.recovered is True
+        assert len(result.events) == 1000
+    return times
+
+
+async def bench(
+    name: str, make: Callable[[], Awaitable[EventStore]], total: int, writers: int, runs: int
+) -> None:
+    rates = []
+    for _ in range(runs):
+        store = await make()
+        try:
+            rates.append(await appends_per_second(store, total, writers))
+        finally:
+            await store.close()
+    store = await make()
+    try:
+        await appends_per_second(store, 10_000, writers)
+        replay = await replay_ms(store, 50 if name == "sqlite" else 200)
+    finally:
+        await store.close()
+    best_rate = max(rates)
+    median_rate = statistics.median(rates)
+    best_ms, median_ms = summary(replay)
+    target = TARGETS[name]
+    print(
+        f"{name:7} appends/s  best {best_rate:9,.0f}  median {median_rate:9,.0f}"
+        f"   ({total:,} events, {writers} concurrent appenders; target >= {target['appends']:,})"
+    )
+    print(
+        f"{name:7} replay(1000) best {best_ms:6.2f} ms  median {median_ms:6.2f} ms"
+        f"   (target <= {target['replay_ms']} ms)"
+    )
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+async def rss_child(count: int) -> None:
+    """In a fresh process: RSS before and after a memory store takes ``count`` events."""
+    store = open_store("memory", StoreOptions(max_events=count))
+    await store.start()
+    await store.append(event(-1))  # warm up imports and caches before measuring
+    gc.collect()
+    before = rss_kib()
+    for i in range(count):
+        await store.append(event(i))
+    gc.collect()
+    after = rss_kib()
+    stats = await store.stats()
+    assert stats.events == count
+    print(f"{(after - before) / 1024:.2f}")
+    await store.close()
+
+
+def rss_growth(count: int) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-child", str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip())
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer events and runs")
+    parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        await rss_child(args.rss_child)
+        return
+    runs = 1 if args.quick else 3
+    load = os.getloadavg()
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+
+    async def memory() -> EventStore:
+        store = open_store("memory", StoreOptions(max_events=10_000))
+        await store.start()
+        return store
+
+    with tempfile.TemporaryDirectory() as directory:
+        counter = iter(range(1_000_000))
+
+        async def sqlite() -> EventStore:
+            url = f"sqlite:///{directory}/bench-{next(counter)}.db"
+            store = open_store(url, StoreOptions(max_events=10_000))
+            await store.start()
+            return store
+
+        await bench("memory", memory, 20_000 if args.quick else 200_000, 1, runs)
+        await bench("sqlite", sqlite, 5_000 if args.quick else 30_000, 100, runs)
+
+    growth = rss_growth(10_000)
+    print(f"memory  RSS growth for 10,000 events: {growth:.2f} MB   (target < 15 MB)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,140 @@
+"""Test helpers for the event stores: a clock to drive TTL, event builders, and
+per-backend knowledge (how to name one, how to corrupt a record in it).
+
+Adding a backend to the contract suite is one more :class:`Backend` in
+``BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from lockerbus.store import EventStore
+from lockerbus.store.memory import MemoryEventStore
+
+T0 = datetime(2026, 11, 26, 19, 0, 0, tzinfo=UTC)
+
+ROUTES = {
+    "/ws/lockers": ("locker_state_changed", "locker_updates"),
+    "/ws/help": ("help_requested", "help_requests"),
+    "/ws/events": ("system_status", "system_events"),
+}
+
+
+class FakeClock:
+    """Wall-clock seconds that move only when a test says so."""
+
+    def __init__(self, start: float = 1_900_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def iso(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def make_event(
+    namespace: str = "/ws/lockers", *, at: datetime | None = None, note: str = ""
+) -> dict[str, Any]:
+    """A valid-looking envelope without seq/epoch, as EventService makes them."""
+    event_type, room = ROUTES[namespace]
+    data: dict[str, Any]
+    if event_type == "locker_state_changed":
+        data = {
+            "lockerId": "locker-7",
+            "oldState": "closed",
+            "newState": "open",
+            "kioskId": "kiosk-1",
+            "reason": note or "rfid",
+            "metadata": {"card": "C-123"},
+        }
+    elif event_type == "help_requested":
+        data = {
+            "id": 1,
+            "kiosk_id": "kiosk-1",
+            "category": "other",
+            "status": "open",
+            "created_at": iso(at or T0),
+            "priority": "low",
+            "note": note,
+        }
+    else:
+        data = {"component": "gateway", "status": "online", "health_score": 99, "message": note}
+    return {
+        "id": str(uuid.uuid4()),
+        "type": event_type,
+        "version": "1.0",
+        "namespace": namespace,
+        "room": room,
+        "timestamp": iso(at or T0),
+        "data": data,
+    }
+
+
+def seqs(events: list[dict[str, Any]]) -> list[int]:
+    return [event["seq"] for event in events]
+
+
+def flip_byte(blob: bytes, index: int) -> bytes:
+    return blob[:index] + bytes([blob[index] ^ 0x20]) + blob[index + 1 :]
+
+
+async def corrupt_memory(store: EventStore, namespace: str, seq: int) -> None:
+    """Mangle one held record in place: its bytes change, its checksum does not."""
+    assert isinstance(store, MemoryEventStore)
+    log = store._logs[namespace]
+    record = log.records[seq - log.base]
+    assert record is not None
+    record.blob = flip_byte(record.blob, len(record.blob) // 2)
+
+
+async def corrupt_sqlite(store: EventStore, namespace: str, seq: int) -> None:
+    """Rewrite one row's body through a separate connection, leaving its checksum."""
+    path = store._path  # type: ignore[attr-defined]
+
+    def rewrite() -> None:
+        conn = sqlite3.connect(path, timeout=5)
+        try:
+            (body,) = conn.execute(
+                "SELECT body FROM events WHERE namespace = ? AND seq = ?", (namespace, seq)
+            ).fetchone()
+            conn.execute(
+                "UPDATE events SET body = ? WHERE namespace = ? AND seq = ?",
+                (flip_byte(body, len(body) // 2), namespace, seq),
+            )
+            conn.commit()
+        finally:
+            conn.close()
+
+    await asyncio.to_thread(rewrite)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What the contract suite needs to know about one store backend."""
+
+    name: str
+    url: Callable[[Path, str], str]
+    corrupt: Callable[[EventStore, str, int], Awaitable[None]]
+
+
+BACKENDS = {
+    "memory": Backend("memory", lambda _dir, _name: "memory", corrupt_memory),
+    "sqlite": Backend("sqlite", lambda d, name: f"sqlite:///{d / name}.db", corrupt_sqlite),
+}
+
+
+def at_minute(minute: float) -> datetime:
+    return T0 + timedelta(minutes=minute)

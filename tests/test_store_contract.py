@@ -1,0 +1,423 @@
+"""The store contract (lockerbus/store/base.py), run against every backend.
+
+A new backend joins by adding a param to ``store_factory`` (and a Backend in
+storekit.BACKENDS); every case below then holds it to the same guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from storekit import BACKENDS, Backend, FakeClock, at_minute, make_event, seqs
+
+from lockerbus.errors import StoreUnavailableError
+from lockerbus.store import EventStore, StoreOptions, open_store
+
+LOCKERS = "/ws/lockers"
+HELP = "/ws/help"
+HOUR = 3600.0
+
+
+class Factory:
+    """Makes started stores of one backend, all on one fake clock; closes them after."""
+
+    def __init__(self, backend: Backend, directory: Path) -> None:
+        self.backend = backend
+        self.clock = FakeClock()
+        self.directory = directory
+        self.stores: list[EventStore] = []
+
+    async def __call__(self, *, max_events: int = 1000, ttl_seconds: float = HOUR) -> EventStore:
+        options = StoreOptions(
+            max_events=max_events, ttl_seconds=ttl_seconds, cleanup_interval_seconds=HOUR
+        )
+        url = self.backend.url(self.directory, f"store{len(self.stores)}")
+        store = open_store(url, options, clock=self.clock)
+        await store.start()
+        self.stores.append(store)
+        return store
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Factory]:
+    factory = Factory(BACKENDS[request.param], tmp_path)
+    yield factory
+    for store in factory.stores:
+        await store.close()
+
+
+@pytest.fixture
+async def store(store_factory: Factory) -> EventStore:
+    return await store_factory()
+
+
+async def fill(
+    store: EventStore, n: int, namespace: str = LOCKERS, **kwargs: Any
+) -> list[dict[str, Any]]:
+    return [await store.append(make_event(namespace), **kwargs) for _ in range(n)]
+
+
+# -- append -------------------------------------------------------------------
+
+
+async def test_append_numbers_each_namespace_from_one(store: EventStore) -> None:
+    event = make_event(LOCKERS)
+    original = dict(event)
+    first = await store.append(event)
+    assert event == original, "the argument is not mutated"
+    assert first == {**original, "seq": 1, "epoch": store.epoch}
+    assert isinstance(store.epoch, str)
+    assert store.epoch
+    assert (await store.append(make_event(LOCKERS)))["seq"] == 2
+    assert (await store.append(make_event(HELP)))["seq"] == 1
+    assert await store.last_seq(LOCKERS) == 2
+    assert await store.last_seq(HELP) == 1
+    assert await store.last_seq("/ws/events") == 0
+
+
+async def test_thousand_concurrent_appends_get_unique_seqs_resolved_in_order(
+    store: EventStore,
+) -> None:
+    resolved: dict[str, list[int]] = {LOCKERS: [], HELP: []}
+
+    async def publish(namespace: str) -> None:
+        stored = await store.append(make_event(namespace))
+        resolved[namespace].append(stored["seq"])  # no await between: "broadcast" order
+
+    namespaces = [LOCKERS if i % 3 else HELP for i in range(1000)]
+    await asyncio.gather(*(publish(ns) for ns in namespaces))
+    for namespace, got in resolved.items():
+        expected = namespaces.count(namespace)
+        assert got == list(range(1, expected + 1)), f"{namespace} resolved out of seq order"
+        result = await store.page(namespace, limit=1000)
+        assert seqs(result.events) == list(range(1, expected + 1))
+
+
+async def test_failed_append_consumes_no_seq(store: EventStore) -> None:
+    await store.append(make_event())
+    bad = make_event()
+    bad["data"]["metadata"] = {"not json": {1, 2}}
+    with pytest.raises(TypeError):
+        await store.append(bad)
+    assert (await store.append(make_event()))["seq"] == 2
+    assert seqs((await store.page(LOCKERS, limit=10)).events) == [1, 2]
+
+
+async def test_bad_arguments_are_refused(store: EventStore) -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        await store.append(make_event(), ttl_seconds=0)
+    with pytest.raises(ValueError, match="namespace"):
+        await store.append({**make_event(), "namespace": None})
+    with pytest.raises(ValueError, match="timestamp"):
+        await store.append({**make_event(), "timestamp": None})
+    with pytest.raises(ValueError, match="zone"):
+        await store.append({**make_event(), "timestamp": "2026-11-26T19:00:00"})
+    with pytest.raises(ValueError, match="limit"):
+        await store.replay(LOCKERS, after_seq=0, limit=-1)
+    with pytest.raises(ValueError, match="aware"):
+        await store.replay(LOCKERS, since=at_minute(0).replace(tzinfo=None), limit=5)
+    assert await store.last_seq(LOCKERS) == 0
+
+
+# -- replay by after_seq --------------------------------------------------------
+
+
+async def test_replay_recovers_when_everything_is_held(store: EventStore) -> None:
+    stored = await fill(store, 10)
+    result = await store.replay(LOCKERS, after_seq=4, epoch=store.epoch, limit=100)
+    assert result.recovered is True
+    assert result.events == stored[4:]
+    assert (result.last_seq, result.epoch, result.has_more) == (10, store.epoch, False)
+
+
+async def test_replay_without_epoch_counts_as_current(store: EventStore) -> None:
+    await fill(store, 3)
+    result = await store.replay(LOCKERS, after_seq=1, limit=100)
+    assert (result.recovered, seqs(result.events)) == (True, [2, 3])
+
+
+async def test_replay_of_an_up_to_date_client_is_empty_and_recovered(store: EventStore) -> None:
+    await fill(store, 3)
+    result = await store.replay(LOCKERS, after_seq=3, limit=100)
+    assert (result.recovered, result.events, result.last_seq) == (True, [], 3)
+
+
+async def test_replay_of_an_empty_namespace(store: EventStore) -> None:
+    result = await store.replay(HELP, after_seq=0, limit=100)
+    assert (result.recovered, result.events, result.last_seq, result.has_more) == (
+        True,
+        [],
+        0,
+        False,
+    )
+    assert result.epoch == store.epoch
+
+
+async def test_replay_with_too_many_missed_sends_the_newest(store: EventStore) -> None:
+    await fill(store, 20)
+    result = await store.replay(LOCKERS, after_seq=2, limit=5)
+    assert result.recovered is False
+    assert seqs(result.events) == [16, 17, 18, 19, 20]
+    assert (result.last_seq, result.has_more) == (20, True)
+
+
+async def test_replay_of_exactly_limit_missed_is_recovered(store: EventStore) -> None:
+    await fill(store, 20)
+    result = await store.replay(LOCKERS, after_seq=15, limit=5)
+    assert (result.recovered, seqs(result.events), result.has_more) == (
+        True,
+        [16, 17, 18, 19, 20],
+        False,
+    )
+
+
+async def test_replay_across_expired_events_is_not_recovered(store_factory: Factory) -> None:
+    store = await store_factory(ttl_seconds=HOUR)
+    await fill(store, 5)
+    store_factory.clock.advance(HOUR + 1)
+    await fill(store, 3)
+    lost = await store.replay(LOCKERS, after_seq=2, limit=100)
+    assert (lost.recovered, seqs(lost.events), lost.last_seq) == (False, [6, 7, 8], 8)
+    held = await store.replay(LOCKERS, after_seq=5, limit=100)
+    assert (held.recovered, seqs(held.events)) == (True, [6, 7, 8])
+
+
+async def test_a_short_per_event_ttl_leaves_a_hole_that_is_detected(
+    store_factory: Factory,
+) -> None:
+    store = await store_factory(ttl_seconds=HOUR)
+    await store.append(make_event())
+    await store.append(make_event(), ttl_seconds=60)
+    await store.append(make_event())
+    store_factory.clock.advance(61)
+    across = await store.replay(LOCKERS, after_seq=0, limit=100)
+    assert (across.recovered, seqs(across.events)) == (False, [1, 3])
+    after = await store.replay(LOCKERS, after_seq=2, limit=100)
+    assert (after.recovered, seqs(after.events)) == (True, [3])
+    await store.cleanup()
+    assert (await store.stats()).evictions["ttl"] == 1
+
+
+async def test_a_per_event_ttl_never_outlives_the_store_ttl(store_factory: Factory) -> None:
+    store = await store_factory(ttl_seconds=HOUR)
+    await store.append(make_event(), ttl_seconds=10 * HOUR)
+    store_factory.clock.advance(HOUR + 1)
+    assert (await store.replay(LOCKERS, limit=10)).events == []
+
+
+async def test_replay_naming_another_epoch_is_not_recovered(store: EventStore) -> None:
+    await fill(store, 6)
+    result = await store.replay(LOCKERS, after_seq=4, epoch="some-other-epoch", limit=3)
+    assert (result.recovered, seqs(result.events), result.has_more) == (False, [4, 5, 6], True)
+    assert result.epoch == store.epoch
+
+
+async def test_replay_from_beyond_the_last_seq_is_not_recovered(store: EventStore) -> None:
+    await fill(store, 3)
+    result = await store.replay(LOCKERS, after_seq=7, limit=100)
+    assert (result.recovered, seqs(result.events), result.last_seq) == (False, [1, 2, 3], 3)
+
+
+async def test_replay_across_a_corrupt_record(
+    store_factory: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await store_factory()
+    await fill(store, 5)
+    await store_factory.backend.corrupt(store, LOCKERS, 3)
+    with caplog.at_level(logging.WARNING, logger="lockerbus.store"):
+        across = await store.replay(LOCKERS, after_seq=1, limit=100)
+        again = await store.replay(LOCKERS, after_seq=1, limit=100)
+    assert (across.recovered, seqs(across.events)) == (False, [1, 2, 4, 5])
+    assert (again.recovered, seqs(again.events)) == (False, [1, 2, 4, 5])
+    warnings = [r for r in caplog.records if r.name == "lockerbus.store"]
+    assert len(warnings) == 1, "logged once"
+    message = warnings[0].getMessage()
+    assert LOCKERS in message
+    assert "seq=3" in message
+    stats = await store.stats()
+    assert stats.evictions["corrupt"] == 1
+    assert stats.namespaces[LOCKERS].count == 4
+    after = await store.replay(LOCKERS, after_seq=3, limit=100)
+    assert (after.recovered, seqs(after.events)) == (True, [4, 5])
+
+
+async def test_cleanup_finds_corrupt_records(store_factory: Factory) -> None:
+    store = await store_factory()
+    await fill(store, 4)
+    await store_factory.backend.corrupt(store, LOCKERS, 4)
+    assert await store.cleanup() == 1
+    assert (await store.stats()).evictions["corrupt"] == 1
+    assert seqs((await store.page(LOCKERS, limit=10)).events) == [1, 2, 3]
+
+
+# -- replay by time -------------------------------------------------------------
+
+
+async def test_replay_since_returns_the_newest_at_or_after_it(store: EventStore) -> None:
+    for minute in range(10):
+        await store.append(make_event(at=at_minute(minute)))
+    result = await store.replay(LOCKERS, since=at_minute(5), limit=100)
+    assert (result.recovered, seqs(result.events), result.has_more) == (
+        None,
+        [6, 7, 8, 9, 10],
+        False,
+    )
+    assert result.last_seq == 10
+    newest = await store.replay(LOCKERS, since=at_minute(5), limit=3)
+    assert (seqs(newest.events), newest.has_more) == ([8, 9, 10], True)
+    none = await store.replay(LOCKERS, since=at_minute(60), limit=3)
+    assert (none.events, none.has_more, none.last_seq) == ([], False, 10)
+
+
+async def test_replay_since_handles_timestamps_out_of_seq_order(store: EventStore) -> None:
+    for minute in (0, 10, 2, 11, 3, 12):
+        await store.append(make_event(at=at_minute(minute)))
+    result = await store.replay(LOCKERS, since=at_minute(3), limit=100)
+    assert seqs(result.events) == [2, 4, 5, 6]
+    newest = await store.replay(LOCKERS, since=at_minute(3), limit=2)
+    assert (seqs(newest.events), newest.has_more) == ([5, 6], True)
+
+
+async def test_replay_with_nothing_given_sends_the_newest(store: EventStore) -> None:
+    await fill(store, 5)
+    result = await store.replay(LOCKERS, limit=2)
+    assert (result.recovered, seqs(result.events), result.has_more) == (None, [4, 5], True)
+
+
+async def test_replay_since_excludes_expired_events(store_factory: Factory) -> None:
+    store = await store_factory(ttl_seconds=HOUR)
+    await store.append(make_event(at=at_minute(0)))
+    store_factory.clock.advance(HOUR + 1)
+    await store.append(make_event(at=at_minute(1)))
+    result = await store.replay(LOCKERS, since=at_minute(0), limit=10)
+    assert seqs(result.events) == [2]
+
+
+# -- page -------------------------------------------------------------------------
+
+
+async def test_page_reads_forward(store: EventStore) -> None:
+    await fill(store, 7)
+    first = await store.page(LOCKERS, limit=3)
+    assert (seqs(first.events), first.has_more, first.last_seq, first.recovered) == (
+        [1, 2, 3],
+        True,
+        3,
+        None,
+    )
+    second = await store.page(LOCKERS, after_seq=first.last_seq, limit=3)
+    assert (seqs(second.events), second.has_more, second.last_seq) == ([4, 5, 6], True, 6)
+    last = await store.page(LOCKERS, after_seq=second.last_seq, limit=3)
+    assert (seqs(last.events), last.has_more, last.last_seq) == ([7], False, 7)
+    exact = await store.page(LOCKERS, after_seq=4, limit=3)
+    assert (seqs(exact.events), exact.has_more, exact.last_seq) == ([5, 6, 7], False, 7)
+
+
+async def test_page_since(store: EventStore) -> None:
+    for minute in (0, 5, 1, 6, 7):
+        await store.append(make_event(at=at_minute(minute)))
+    result = await store.page(LOCKERS, since=at_minute(5), limit=2)
+    assert (seqs(result.events), result.has_more, result.last_seq) == ([2, 4], True, 4)
+    rest = await store.page(LOCKERS, after_seq=4, since=at_minute(5), limit=2)
+    assert (seqs(rest.events), rest.has_more, rest.last_seq) == ([5], False, 5)
+
+
+async def test_page_of_an_unknown_namespace(store: EventStore) -> None:
+    result = await store.page("/ws/nowhere", limit=10)
+    assert (result.events, result.has_more, result.last_seq) == ([], False, 0)
+
+
+# -- expiry, capacity, stats ----------------------------------------------------
+
+
+async def test_ttl_expiry_and_cleanup(store_factory: Factory) -> None:
+    store = await store_factory(ttl_seconds=HOUR)
+    await fill(store, 4)
+    await fill(store, 2, HELP)
+    store_factory.clock.advance(HOUR - 1)
+    assert await store.cleanup() == 0
+    await fill(store, 1)
+    store_factory.clock.advance(2)
+    assert await store.cleanup() == 6
+    stats = await store.stats()
+    assert stats.events == 1
+    assert stats.evictions == {"ttl": 6, "capacity": 0, "corrupt": 0}
+    assert stats.namespaces[LOCKERS].oldest_seq == 5
+    assert stats.namespaces[HELP].count == 0
+    assert stats.namespaces[HELP].last_seq == 2, "last_seq outlives the events"
+    assert await store.last_seq(HELP) == 2
+    assert (await store.append(make_event(HELP)))["seq"] == 3
+
+
+async def test_capacity_evicts_the_oldest_first_across_namespaces(
+    store_factory: Factory,
+) -> None:
+    store = await store_factory(max_events=10)
+    for i in range(15):
+        await store.append(make_event(HELP if i % 2 else LOCKERS))
+    await store.cleanup()
+    stats = await store.stats()
+    assert stats.events == 10
+    assert stats.evictions["capacity"] == 5
+    # appended L1 H1 L2 H2 L3 H3 L4 H4 ...: the first five were L1 H1 L2 H2 L3
+    assert seqs((await store.page(LOCKERS, limit=20)).events) == [4, 5, 6, 7, 8]
+    assert seqs((await store.page(HELP, limit=20)).events) == [3, 4, 5, 6, 7]
+    lost = await store.replay(LOCKERS, after_seq=2, limit=100)
+    assert (lost.recovered, seqs(lost.events)) == (False, [4, 5, 6, 7, 8])
+    held = await store.replay(LOCKERS, after_seq=3, limit=100)
+    assert held.recovered is True
+
+
+async def test_stats(store: EventStore) -> None:
+    await fill(store, 3)
+    await fill(store, 2, HELP)
+    stats = await store.stats()
+    assert stats.backend in BACKENDS
+    assert stats.epoch == store.epoch
+    assert stats.events == 5
+    assert stats.max_events == 1000
+    assert stats.namespaces[LOCKERS].count == 3
+    assert (stats.namespaces[LOCKERS].oldest_seq, stats.namespaces[LOCKERS].newest_seq) == (1, 3)
+    assert stats.namespaces[LOCKERS].last_seq == 3
+    assert stats.namespaces[HELP].count == 2
+    assert stats.evictions == {"ttl": 0, "capacity": 0, "corrupt": 0}
+
+
+# -- lifecycle --------------------------------------------------------------------
+
+
+async def test_check_and_close(store: EventStore) -> None:
+    await store.check()
+    await store.append(make_event())
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(StoreUnavailableError):
+        await store.check()
+    with pytest.raises(StoreUnavailableError):
+        await store.append(make_event())
+    with pytest.raises(StoreUnavailableError):
+        await store.replay(LOCKERS, after_seq=0, limit=10)
+
+
+async def test_a_store_not_started_is_unavailable(store_factory: Factory, tmp_path: Path) -> None:
+    url = store_factory.backend.url(tmp_path, "unstarted")
+    store = open_store(url, StoreOptions())
+    with pytest.raises(StoreUnavailableError, match="not started"):
+        await store.check()
+    with pytest.raises(StoreUnavailableError, match="not started"):
+        await store.append(make_event())
+    await store.close()
+
+
+async def test_async_context_manager(store_factory: Factory, tmp_path: Path) -> None:
+    url = store_factory.backend.url(tmp_path, "ctx")
+    async with open_store(url, StoreOptions()) as store:
+        await store.check()
+        assert (await store.append(make_event()))["seq"] == 1
+    with pytest.raises(StoreUnavailableError):
+        await store.check()
