@@ -66,7 +66,9 @@ class RunningServer:
 
 
 async def start_server(**overrides: Any) -> RunningServer:
-    settings = Settings(secret=SECRET, port=0).replace(**overrides)
+    # load tests publish far above the production default rate limit
+    defaults: dict[str, Any] = {"rate_limit_per_second": 1e6, "rate_limit_burst": 1_000_000}
+    settings = Settings(secret=SECRET, port=0).replace(**{**defaults, **overrides})
     return RunningServer(await start(settings), settings)
 
 

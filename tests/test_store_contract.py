@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from storekit import BACKENDS, Backend, FakeClock, at_minute, make_event, seqs
 
 from lockerbus.errors import StoreUnavailableError
 from lockerbus.store import EventStore, StoreOptions, open_store
+from tests.storekit import BACKENDS, Backend, FakeClock, at_minute, make_event, seqs
 
 LOCKERS = "/ws/lockers"
 HELP = "/ws/help"

@@ -9,10 +9,10 @@ import zlib
 
 import pytest
 from cachetools import TTLCache
-from storekit import FakeClock, make_event, seqs
 
 from lockerbus.store import StoreOptions, open_store
 from lockerbus.store.memory import MemoryEventStore
+from tests.storekit import FakeClock, make_event, seqs
 
 LOCKERS = "/ws/lockers"
 HELP = "/ws/help"

@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from storekit import make_event, seqs
 
 from lockerbus.errors import StoreUnavailableError
 from lockerbus.store import StoreOptions
 from lockerbus.store.sqlite import SqliteEventStore
+from tests.storekit import make_event, seqs
 
 LOCKERS = "/ws/lockers"
 HELP = "/ws/help"
@@ -87,7 +87,7 @@ async def test_a_byte_flipped_in_the_file_is_detected(
 CHILD = r"""
 import asyncio, sys
 sys.path.insert(0, sys.argv[2])
-from storekit import make_event
+from tests.storekit import make_event
 from lockerbus.store import StoreOptions
 from lockerbus.store.sqlite import SqliteEventStore
 
