@@ -8,6 +8,7 @@ broadcast and every caller gets the same typed error.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -45,6 +46,27 @@ class EventBus:
         self.metrics = metrics
         self.broadcaster = broadcaster
         self._clock = clock
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._accepting = True
+
+    @property
+    def accepting(self) -> bool:
+        """False once shutdown has begun."""
+        return self._accepting
+
+    def stop_accepting(self) -> None:
+        """Refuse new publishes from now on (shutdown): they answer store_unavailable."""
+        self._accepting = False
+
+    async def drain(self, timeout_seconds: float) -> bool:
+        """Wait for in-flight publishes to be stored and broadcast; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_seconds)
+        except TimeoutError:
+            return False
+        return True
 
     async def publish(
         self,
@@ -94,6 +116,10 @@ class EventBus:
             self.broadcaster.broadcast(stored, accepted_at)
 
     async def _append(self, event: Event, ttl_seconds: float | None) -> Event:
+        if not self._accepting:
+            raise StoreUnavailableError("the server is shutting down; publish elsewhere")
+        self._inflight += 1
+        self._idle.clear()
         try:
             return await self.store.append(event, ttl_seconds=ttl_seconds)
         except StoreUnavailableError:
@@ -101,6 +127,10 @@ class EventBus:
         except Exception as exc:  # a backend bug must not look like success
             server_logger.exception("store append failed")
             raise StoreUnavailableError(f"the event store failed: {exc}") from exc
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
 
     async def emit(self, event: Event) -> Event:
         """Store and broadcast an event the server built (``EventService.create_*``)."""

@@ -56,6 +56,7 @@ class CommandService:
 
     def __init__(self, bus: EventBus, link: KioskLink, *, timeout_seconds: float) -> None:
         self.bus = bus
+        self.metrics = bus.metrics
         self.link = link
         self.timeout_seconds = timeout_seconds
         self._recent: TTLCache[tuple[str, str], asyncio.Future[Event]] = TTLCache(
@@ -107,6 +108,7 @@ class CommandService:
         result["execution_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
         event = await self.bus.emit(self.bus.service.create_command_applied_event(command, result))
         self.outcomes[outcome] += 1
+        self.metrics.commands.labels(outcome).inc()
         command_logger.info(
             "command id=%s type=%s kiosk=%s by=%s outcome=%s ms=%.1f",
             command["id"],

@@ -183,9 +183,11 @@ class HttpApi:
         """Prometheus text exposition."""
         try:
             stats = await self.store.stats()
-            self.metrics.store_events.set(stats.events)
         except StoreUnavailableError:
-            pass
+            pass  # the last figures stay; /readyz says why
+        else:
+            self.metrics.store_events.set(stats.events)
+            self.metrics.evictions.values = dict(stats.evictions)
         return web.Response(
             body=generate_latest(self.metrics.registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST},

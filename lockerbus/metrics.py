@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS: Final = (
     0.0001,
@@ -128,6 +130,13 @@ class Metrics:
         self.refused = Counter(
             "lockerbus_connections_refused", "Refused connections", ["reason"], registry=r
         )
+        self.commands = Counter(
+            "lockerbus_commands", "Commands by outcome", ["outcome"], registry=r
+        )
+        self.evictions = _SnapshotCounter(
+            "lockerbus_store_evictions", "Events the store dropped, by reason", "reason"
+        )
+        r.register(self.evictions)
         self.latency = LatencyWindow()
         self.errors: dict[str, int] = {}
 
@@ -140,3 +149,17 @@ class Metrics:
         """A publish refused with wire code ``reason``."""
         self.rejected.labels(reason).inc()
         self.errors[reason] = self.errors.get(reason, 0) + 1
+
+
+class _SnapshotCounter(Collector):
+    """A counter whose totals are owned elsewhere (the store) and copied in at scrape."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self._name, self._doc, self._label = name, documentation, label
+        self.values: dict[str, float] = {}
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        for value, total in sorted(self.values.items()):
+            family.add_metric([value], total)
+        return [family]

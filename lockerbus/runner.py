@@ -2,9 +2,11 @@
 
 aiohttp's own shutdown closes idle connections before ``on_shutdown`` runs,
 which leaves open websockets waiting for a close handshake that cannot
-finish.  So the order here is: stop listening, disconnect every Socket.IO
-client (so it reconnects elsewhere), then let aiohttp finish in-flight HTTP
-requests and run the cleanup context (which flushes and closes the store).
+finish.  So the order here is: stop listening, refuse new publishes and let
+the ones in flight be stored, broadcast and acked, disconnect every
+Socket.IO client (so it reconnects elsewhere), then let aiohttp finish
+in-flight HTTP requests and run the cleanup context (which flushes and
+closes the store).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .app import GATEWAY, create_app
+from .app import BUS, GATEWAY, SETTINGS, create_app
 from .config import Settings
 from .log import app_logger
 
@@ -33,6 +35,10 @@ class RunningApp:
     async def stop(self) -> None:
         """Graceful stop; see the module docstring for the order."""
         await self.site.stop()
+        bus = self.app[BUS]
+        bus.stop_accepting()
+        if not await bus.drain(self.app[SETTINGS].shutdown_grace_seconds):
+            app_logger.warning("publishes still in flight at shutdown were abandoned")
         await self.app[GATEWAY].close()
         await self.runner.cleanup()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from .service import Event, check_version, parse_since
 from .store import EventStore
 
 PUBLISH_KEYS: Final = frozenset({"type", "data", "room", "version"})
+ADMIN_UI_ORIGIN: Final = "https://admin.socket.io"
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +333,8 @@ class SocketGateway:
         cors: Any = None
         if settings.cors_origins is not None:
             cors = "*" if "*" in settings.cors_origins else list(settings.cors_origins)
+        if settings.admin_ui and cors != "*":
+            cors = [*(cors or []), ADMIN_UI_ORIGIN]
         kwargs: dict[str, Any] = {}
         if client_manager is not None:
             kwargs["client_manager"] = client_manager
@@ -353,6 +357,13 @@ class SocketGateway:
         self.commands = CommandService(bus, self, timeout_seconds=settings.command_timeout_seconds)
         for ns in NAMESPACES:
             self.sio.register_namespace(LockerbusNamespace(ns, self))
+        if settings.admin_ui:
+            # the hosted Admin UI (admin.socket.io); production mode keeps its cost low
+            self.sio.instrument(
+                auth={"username": settings.admin_username, "password": settings.admin_password},
+                mode="production",
+                read_only=True,
+            )
 
     # -- helpers used by the namespaces ------------------------------------
 
@@ -396,7 +407,8 @@ class SocketGateway:
             )
             await self.bus.emit(event)
         except LockerbusError as exc:
-            server_logger.warning("could not publish %s event: %s", event_type, exc.message)
+            level = logging.WARNING if self.bus.accepting else logging.DEBUG
+            server_logger.log(level, "could not publish %s event: %s", event_type, exc.message)
 
     # -- commands (KioskLink) ---------------------------------------------------
 
@@ -493,6 +505,7 @@ class SocketGateway:
             "fallback_broadcasts": dict(self.hub.fallbacks),
             "store": store,
             "errors": dict(self.metrics.errors),
+            "commands": dict(self.commands.outcomes),
         }
 
     # -- lifecycle ------------------------------------------------------------
@@ -505,14 +518,10 @@ class SocketGateway:
         if self._closed:
             return
         self._closed = True
-        for ns, conns in self.hub.connections.items():
-            for sid in list(conns):
-                try:
-                    await self.sio.disconnect(sid, namespace=ns)
-                except Exception:
-                    server_logger.debug("disconnect at shutdown failed sid=%s", sid)
         if self.sio.eio.sockets:
-            await self.sio.eio.disconnect()  # close transports too, or aiohttp waits on them
+            # closing the transports disconnects every namespace too; closing
+            # namespaces one by one first leaves clients half-closed for seconds
+            await self.sio.eio.disconnect()
         await self.sio.shutdown()
         for task in list(self._tasks):
             task.cancel()

@@ -31,7 +31,7 @@ def require_binary(name: str) -> str:
 @pytest.fixture
 async def server_factory():  # type: ignore[no-untyped-def]
     """Start real servers on free 127.0.0.1 ports; all are stopped after the test."""
-    from tests.support import start_server
+    from tests.support import close_clients, start_server
 
     servers = []
 
@@ -41,6 +41,7 @@ async def server_factory():  # type: ignore[no-untyped-def]
         return server
 
     yield factory
+    await close_clients()
     for server in servers:
         await server.stop()
 

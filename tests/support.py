@@ -126,6 +126,7 @@ async def connect(
         reconnection=client_kwargs.pop("reconnection", False), **client_kwargs
     )
     client = Client(sio)
+    OPEN_CLIENTS.append(client)
     loop_names = ["replay_complete", "command", *EVENT_TYPES]
 
     def recorder(ns: str, name: str) -> Callable[..., Any]:
@@ -168,6 +169,17 @@ async def connect(
 
 
 ALL_NAMESPACES = list(NAMESPACES)
+
+#: Clients made by :func:`connect`, closed before servers stop: a client that
+#: shares the server's event loop would otherwise stall its close handshake.
+OPEN_CLIENTS: list[Client] = []
+
+
+async def close_clients() -> None:
+    while OPEN_CLIENTS:
+        client = OPEN_CLIENTS.pop()
+        if client.sio.connected:
+            await client.sio.disconnect()
 
 
 def locker_event(n: int, kiosk: str = "kiosk-1") -> dict[str, Any]:
