@@ -159,9 +159,16 @@ class EventService:
         return self.create_event("locker_state_changed", data)
 
     def create_help_requested_event(
-        self, data: Mapping[str, Any], priority: str = "medium"
+        self, data: Mapping[str, Any], priority: str | None = None
     ) -> Event:
-        """A user asked for help; ``priority`` is set apart as in the seed's API."""
+        """A user asked for help; ``priority`` is set apart as in the seed's API.
+
+        Without ``priority``, the data's own priority is kept, else ``medium``.
+        """
+        if not isinstance(data, Mapping):
+            raise EventValidationError({"data": ["Not a valid mapping type."]})
+        if priority is None:
+            priority = data.get("priority", "medium")
         return self.create_event("help_requested", {**data, "priority": priority})
 
     def create_help_status_updated_event(
