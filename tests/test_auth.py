@@ -51,7 +51,7 @@ def test_bad_signature() -> None:
     token = issue_token(OTHER_SECRET, "admin", "a1")
     with pytest.raises(UnauthorizedError, match="signature"):
         verify_token(SECRET, token)
-    head, payload, signature = issue_token(SECRET, "kiosk", "k1").split(".")
+    head, _payload, signature = issue_token(SECRET, "kiosk", "k1").split(".")
     forged_payload = jwt.encode(
         {"sub": "k1", "role": "admin", "exp": int(time.time()) + 60}, OTHER_SECRET
     ).split(".")[1]
