@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -89,7 +90,7 @@ def authorize_publish(principal: Principal, event_type: str, data: Any, room: st
             _own_kiosk(principal, data, "kiosk_id")
             return
         if event_type == "system_status":
-            if isinstance(data, dict) and data.get("component") != "kiosk":
+            if isinstance(data, Mapping) and data.get("component") != "kiosk":
                 raise ForbiddenError("a kiosk may publish system_status for component kiosk only")
             return
     if role == "panel" and event_type == "help_status_updated":
@@ -98,7 +99,8 @@ def authorize_publish(principal: Principal, event_type: str, data: Any, room: st
 
 
 def _own_kiosk(principal: Principal, data: Any, field: str) -> None:
-    if isinstance(data, dict) and field in data and data[field] != principal.sub:
+    # any Mapping: validation takes every Mapping, so ownership must be checked on all
+    if isinstance(data, Mapping) and field in data and data[field] != principal.sub:
         raise ForbiddenError(f"a kiosk may publish for its own kiosk id only (data.{field})")
 
 

@@ -149,7 +149,9 @@ class EventBus:
         """Publish a locker state change as the server."""
         return await self.emit(self.service.create_locker_state_changed_event(*args, **kwargs))
 
-    async def emit_help_requested(self, data: Mapping[str, Any], priority: str = "medium") -> Event:
+    async def emit_help_requested(
+        self, data: Mapping[str, Any], priority: str | None = None
+    ) -> Event:
         """Publish a help request as the server; ``priority`` apart, as in the seed."""
         return await self.emit(self.service.create_help_requested_event(data, priority))
 

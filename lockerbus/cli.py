@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import secrets
 import sys
@@ -48,8 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.secret is None:
             print("lockerbus: no secret configured (set LOCKERBUS_SECRET)", file=sys.stderr)
             return 2
-        if args.ttl <= 0:
-            print("lockerbus: --ttl must be > 0", file=sys.stderr)
+        if not (math.isfinite(args.ttl) and args.ttl > 0):
+            print("lockerbus: --ttl must be a number of seconds > 0", file=sys.stderr)
+            return 2
+        if not args.sub:
+            print("lockerbus: --sub must not be empty", file=sys.stderr)
             return 2
         print(issue_token(settings.secret, args.role, args.sub, args.ttl))
         return 0

@@ -137,7 +137,8 @@ def _parse_origins(key: str, value: Any) -> tuple[str, ...] | None:
 _PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "host": _parse_str,
     "port": _parse_int,
-    "secret": _parse_optional_str,
+    # set but empty is a mistake (an unset variable in a template), not dev mode
+    "secret": _parse_str,
     "store": _parse_str,
     "message_queue": _parse_optional_str,
     "max_events": _parse_int,
@@ -176,6 +177,8 @@ def _positive(settings: Settings, key: str, *, allow_zero: bool = False) -> None
 
 
 def _check(settings: Settings) -> None:
+    if not settings.host.strip():
+        raise ConfigError("host", "must not be empty")
     if not 0 < settings.port < 65536 and settings.port != 0:
         raise ConfigError("port", f"must be 1-65535 (or 0 for any free port), got {settings.port}")
     if settings.secret is not None and len(settings.secret.encode()) < 32:
@@ -240,6 +243,7 @@ def load_settings(
         layers.append(("file", _read_toml(config_file), lambda key: key))
     layers.append(("env", _env_layer(env), env_name))
     layers.append(("flag", {k: v for k, v in (flags or {}).items() if v is not None}, _flag))
+    origins: dict[str, str] = {}
     for _origin, layer, label in layers:
         for key, raw in layer.items():
             if key not in _PARSERS:
@@ -248,8 +252,13 @@ def load_settings(
                 values[key] = _PARSERS[key](key, raw)
             except ConfigError as exc:
                 raise ConfigError(label(key), exc.message.split(": ", 1)[-1]) from None
+            origins[key] = label(key)
     settings = Settings(**values)
-    _check(settings)
+    try:
+        _check(settings)
+    except ConfigError as exc:
+        # name the setting as the user wrote it (LOCKERBUS_SECRET, --port, ...)
+        raise ConfigError(origins.get(exc.key, exc.key), exc.message.split(": ", 1)[-1]) from None
     return settings
 
 

@@ -113,13 +113,19 @@ def flatten_messages(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     if isinstance(messages, Mapping):
         for key, value in messages.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
-            out.update(flatten_messages(value, path))
+            # a nested schema's own error ("Invalid input type.") is about the field itself
+            if key == "_schema" and prefix:
+                path = prefix
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
+            for sub_path, msgs in flatten_messages(value, path).items():
+                out.setdefault(sub_path, []).extend(msgs)
     elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
         out[prefix or "_schema"] = list(messages)
     elif isinstance(messages, list):
         for item in messages:
-            out.update(flatten_messages(item, prefix))
+            for sub_path, msgs in flatten_messages(item, prefix).items():
+                out.setdefault(sub_path, []).extend(msgs)
     else:
         out[prefix or "_schema"] = [str(messages)]
     return out

@@ -14,6 +14,8 @@ from typing import Any, Final, Literal
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from .fastcheck import Loader, value_only
+
 SCHEMA_VERSION: Final = "1.0"
 SCHEMA_MAJOR: Final = 1
 SCHEMA_MINOR: Final = 0
@@ -52,8 +54,11 @@ EVENT_TYPES: Final = tuple(ROUTES)
 
 KIOSK_ROOM_PREFIX: Final = "kiosk:"
 
-_VERSION_RE = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+# [0-9] and \Z, not \d and $: \d takes other scripts' digits ("١.٧") and $ a trailing newline
+_VERSION_RE = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})\Z")
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
+# fromisoformat stops at a NUL ("...00\x00Z" parses), so the alphabet is checked first
+_TIMESTAMP_CHARS = re.compile(r"[0-9TWZ:.,+\-]{1,64}\Z")
 
 
 def parse_version(version: object) -> tuple[int, int] | None:
@@ -76,6 +81,7 @@ def route(event_type: str) -> tuple[str, str]:
 # fields
 
 
+@value_only
 class Timestamp(fields.String):
     """An ISO-8601 timestamp with a zone, kept as the string it was given."""
 
@@ -86,7 +92,7 @@ class Timestamp(fields.String):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text: str = super()._deserialize(value, attr, data, **kwargs)
-        if len(text) > 64:
+        if _TIMESTAMP_CHARS.match(text) is None:
             raise self.make_error("format")
         try:
             parsed = datetime.fromisoformat(text)
@@ -97,6 +103,7 @@ class Timestamp(fields.String):
         return text
 
 
+@value_only
 class Integer(fields.Field[int]):
     """A JSON integer; booleans and floats are refused (marshmallow takes both)."""
 
@@ -108,6 +115,7 @@ class Integer(fields.Field[int]):
         return value
 
 
+@value_only
 class Number(fields.Field[float | int]):
     """A finite JSON number kept as given; booleans, NaN and infinities are refused."""
 
@@ -121,6 +129,7 @@ class Number(fields.Field[float | int]):
         raise self.make_error("invalid")
 
 
+@value_only
 class Boolean(fields.Field[bool]):
     """A JSON boolean; marshmallow's Boolean would also take "yes" and 1."""
 
@@ -304,6 +313,13 @@ DATA_SCHEMAS_LENIENT: Final = _instances(EXCLUDE)
 ENVELOPE_SCHEMA: Final = EnvelopeSchema()
 ENVELOPE_SCHEMA_LENIENT: Final = EnvelopeSchema(unknown=EXCLUDE)
 
+#: The same schemas behind a compiled fast path (lockerbus.fastcheck); use these to load.
+DATA_LOADERS: Final = {name: Loader(schema) for name, schema in DATA_SCHEMAS.items()}
+DATA_LOADERS_LENIENT: Final = {
+    name: Loader(schema) for name, schema in DATA_SCHEMAS_LENIENT.items()
+}
+ENVELOPE_LOADER: Final = Loader(ENVELOPE_SCHEMA)
+ENVELOPE_LOADER_LENIENT: Final = Loader(ENVELOPE_SCHEMA_LENIENT)
 
 # --------------------------------------------------------------------------
 # commands (contract §5): what an issuer sends, and what a kiosk answers

@@ -7,9 +7,10 @@ valid before it is stored, emitted or answered.
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -24,10 +25,10 @@ from .errors import (
     flatten_messages,
 )
 from .events import (
-    DATA_SCHEMAS,
-    DATA_SCHEMAS_LENIENT,
-    ENVELOPE_SCHEMA,
-    ENVELOPE_SCHEMA_LENIENT,
+    DATA_LOADERS,
+    DATA_LOADERS_LENIENT,
+    ENVELOPE_LOADER,
+    ENVELOPE_LOADER_LENIENT,
     NAMESPACE_ROOMS,
     ROUTES,
     SCHEMA_MAJOR,
@@ -42,9 +43,30 @@ Event = dict[str, Any]
 DEFAULT_MAX_EVENT_BYTES = 65536
 
 
+_second_prefix: tuple[int, str] = (-1, "")
+
+
 def utc_now_iso() -> str:
     """Now as ``2026-11-26T19:00:00.123Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # wall-clock time is what a timestamp is; the formatted second is cached
+    # because strftime costs more than everything else an event needs
+    global _second_prefix
+    now = time.time()
+    second = int(now)
+    cached, prefix = _second_prefix
+    if second != cached:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_prefix = (second, prefix)
+    return f"{prefix}.{int((now - second) * 1000):03d}Z"
+
+
+def new_event_id() -> str:
+    """A random UUID4 as text, as ``str(uuid.uuid4())`` gives in less than half the time."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    x = raw.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def parse_since(value: Any, name: str) -> datetime:
@@ -106,9 +128,9 @@ class EventService:
             raise UnknownEventTypeError(f"unknown event type {str(event_type)[:64]!r}")
         if not isinstance(data, Mapping):
             raise EventValidationError({"data": ["Not a valid mapping type."]})
-        schema = (DATA_SCHEMAS_LENIENT if lenient else DATA_SCHEMAS)[event_type]
+        loader = (DATA_LOADERS_LENIENT if lenient else DATA_LOADERS)[event_type]
         try:
-            loaded: dict[str, Any] = schema.load(data)
+            loaded = loader.load(data)
         except ValidationError as exc:
             raise EventValidationError(flatten_messages(exc.messages, "data")) from None
         return loaded
@@ -125,7 +147,7 @@ class EventService:
         valid = data if validated else self.validate(event_type, data)
         namespace = ROUTES[event_type]
         return {
-            "id": str(uuid.uuid4()),
+            "id": new_event_id(),
             "type": event_type,
             "version": SCHEMA_VERSION,
             "namespace": namespace,
@@ -156,9 +178,16 @@ class EventService:
         return self.create_event("locker_state_changed", data)
 
     def create_help_requested_event(
-        self, data: Mapping[str, Any], priority: str = "medium"
+        self, data: Mapping[str, Any], priority: str | None = None
     ) -> Event:
-        """A user asked for help; ``priority`` is set apart as in the seed's API."""
+        """A user asked for help; ``priority`` is set apart as in the seed's API.
+
+        Without ``priority``, the data's own priority is kept, else ``medium``.
+        """
+        if not isinstance(data, Mapping):
+            raise EventValidationError({"data": ["Not a valid mapping type."]})
+        if priority is None:
+            priority = data.get("priority", "medium")
         return self.create_event("help_requested", {**data, "priority": priority})
 
     def create_help_status_updated_event(
@@ -258,9 +287,9 @@ class EventService:
         if not isinstance(value, Mapping):
             raise EventValidationError({"_schema": ["An event must be a JSON object."]})
         newer = check_version(value.get("version"))
-        envelope_schema = ENVELOPE_SCHEMA_LENIENT if newer else ENVELOPE_SCHEMA
+        envelope_loader = ENVELOPE_LOADER_LENIENT if newer else ENVELOPE_LOADER
         try:
-            envelope: Event = envelope_schema.load(value)
+            envelope: Event = envelope_loader.load(value)
         except ValidationError as exc:
             raise EventValidationError(flatten_messages(exc.messages)) from None
         if ROUTES[envelope["type"]] != envelope["namespace"]:

@@ -19,6 +19,7 @@ MODULES = sorted(
 # lower layers never import upper ones (events -> service/store -> server/http -> app -> cli)
 FORBIDDEN = {
     "lockerbus.errors": ("socketio", "aiohttp", "lockerbus.service", "lockerbus.store"),
+    "lockerbus.fastcheck": ("socketio", "aiohttp", "lockerbus.events", "lockerbus.service"),
     "lockerbus.events": ("socketio", "aiohttp", "lockerbus.service", "lockerbus.store"),
     "lockerbus.service": ("socketio", "aiohttp", "lockerbus.store", "lockerbus.server"),
     "lockerbus.store": ("socketio", "aiohttp", "lockerbus.server", "lockerbus.app"),
@@ -37,8 +38,15 @@ def test_module_imports_alone(module: str) -> None:
 def test_layers_point_downward(module: str) -> None:
     if module not in MODULES and module != "lockerbus.store":
         pytest.skip(f"{module} does not exist yet")
+    # the package __init__ re-exports EventService for users, so it is skipped here:
+    # what is measured is what the module itself pulls in
     code = (
-        f"import sys, {module}\n"
+        "import importlib.util, sys, types\n"
+        "spec = importlib.util.find_spec('lockerbus')\n"
+        "package = types.ModuleType('lockerbus')\n"
+        "package.__path__ = list(spec.submodule_search_locations)\n"
+        "sys.modules['lockerbus'] = package\n"
+        f"import {module}\n"
         f"bad = [m for m in {FORBIDDEN[module]!r} if m in sys.modules]\n"
         "print(','.join(bad))"
     )

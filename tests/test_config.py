@@ -1,0 +1,236 @@
+"""Settings: flags > LOCKERBUS_* environment > TOML file > defaults; errors name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lockerbus.config import SETTING_NAMES, Settings, env_name, load_settings
+from lockerbus.errors import ConfigError
+
+SECRET = "s" * 32
+
+
+@pytest.fixture
+def toml_file(tmp_path: Path) -> Any:
+    """A factory: write TOML text to a fresh file and return its path."""
+
+    def write(text: str, name: str = "lockerbus.toml") -> str:
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+def test_defaults_are_the_contracts() -> None:
+    settings = load_settings(env={})
+    assert settings == Settings()
+    assert settings.secret is None
+    assert settings.dev_mode
+    assert settings.store == "memory"
+    assert settings.message_queue is None
+    assert settings.max_events == 10000
+    assert settings.ttl_hours == 24
+    assert settings.cleanup_interval_minutes == 30
+    assert settings.replay_buffer_size == 1000
+    assert settings.replay_window_minutes == 60
+    assert settings.max_event_bytes == 65536
+    assert settings.command_timeout_seconds == 10
+    assert settings.cors_origins is None
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+
+
+@pytest.mark.parametrize(
+    ("key", "env"),
+    [
+        ("secret", "LOCKERBUS_SECRET"),
+        ("store", "LOCKERBUS_STORE"),
+        ("message_queue", "LOCKERBUS_MESSAGE_QUEUE"),
+        ("max_events", "LOCKERBUS_MAX_EVENTS"),
+        ("ttl_hours", "LOCKERBUS_TTL_HOURS"),
+        ("cleanup_interval_minutes", "LOCKERBUS_CLEANUP_INTERVAL_MINUTES"),
+        ("replay_buffer_size", "LOCKERBUS_REPLAY_BUFFER_SIZE"),
+        ("replay_window_minutes", "LOCKERBUS_REPLAY_WINDOW_MINUTES"),
+        ("max_event_bytes", "LOCKERBUS_MAX_EVENT_BYTES"),
+        ("command_timeout_seconds", "LOCKERBUS_COMMAND_TIMEOUT_SECONDS"),
+        ("cors_origins", "LOCKERBUS_CORS_ORIGINS"),
+    ],
+)
+def test_contract_env_names(key: str, env: str) -> None:
+    assert key in SETTING_NAMES
+    assert env_name(key) == env
+
+
+def test_environment_values_are_parsed() -> None:
+    env = {
+        "LOCKERBUS_SECRET": SECRET,
+        "LOCKERBUS_STORE": "sqlite:///tmp/x.db",
+        "LOCKERBUS_MESSAGE_QUEUE": "redis://localhost:6379/0",
+        "LOCKERBUS_MAX_EVENTS": "500",
+        "LOCKERBUS_TTL_HOURS": "1.5",
+        "LOCKERBUS_REPLAY_WINDOW_MINUTES": "0",
+        "LOCKERBUS_CORS_ORIGINS": "http://a.example, https://b.example:8443",
+        "LOCKERBUS_BOARD_ENABLED": "off",
+        "LOCKERBUS_WEBSOCKET_COMPRESSION": "yes",
+        "LOCKERBUS_LOG_LEVEL": "debug",
+        "PATH": "/usr/bin",  # not ours: ignored
+    }
+    settings = load_settings(env=env)
+    assert settings.secret == SECRET
+    assert not settings.dev_mode
+    assert settings.store == "sqlite:///tmp/x.db"
+    assert settings.message_queue == "redis://localhost:6379/0"
+    assert settings.max_events == 500
+    assert settings.ttl_hours == 1.5
+    assert settings.ttl_seconds == 5400
+    assert settings.replay_window_minutes == 0
+    assert settings.cors_origins == ("http://a.example", "https://b.example:8443")
+    assert settings.board_enabled is False
+    assert settings.websocket_compression is True
+    assert settings.log_level == "DEBUG"
+
+
+def test_precedence_flags_env_file_defaults(toml_file: Any) -> None:
+    path = toml_file("[lockerbus]\nport = 1001\nmax_events = 7\nstore = 'memory'\n")
+    env = {"LOCKERBUS_PORT": "1002", "LOCKERBUS_MAX_EVENTS": "8"}
+    flags = {"port": "1003", "host": None}  # None: flag not given
+    both = load_settings(flags=flags, env=env, config_file=path)
+    assert (both.port, both.max_events, both.host) == (1003, 8, "127.0.0.1")
+    no_flag = load_settings(env=env, config_file=path)
+    assert (no_flag.port, no_flag.max_events) == (1002, 8)
+    file_only = load_settings(env={}, config_file=path)
+    assert (file_only.port, file_only.max_events) == (1001, 7)
+    assert load_settings(env={}).port == 8080
+
+
+def test_config_file_from_env_and_flag(toml_file: Any) -> None:
+    from_env = toml_file("port = 2001\n", "env.toml")  # top-level keys work too
+    from_flag = toml_file("[lockerbus]\nport = 2002\n", "flag.toml")
+    assert load_settings(env={"LOCKERBUS_CONFIG": from_env}).port == 2001
+    chosen = load_settings(env={"LOCKERBUS_CONFIG": from_env}, config_file=from_flag)
+    assert chosen.port == 2002
+
+
+def test_toml_types_are_checked(toml_file: Any) -> None:
+    path = toml_file(
+        "[lockerbus]\ncors_origins = ['https://a.example']\nboard_enabled = false\nttl_hours = 2\n"
+    )
+    settings = load_settings(env={}, config_file=path)
+    assert settings.cors_origins == ("https://a.example",)
+    assert settings.board_enabled is False
+    assert settings.ttl_hours == 2.0
+    with pytest.raises(ConfigError, match=r"^max_events: expected an integer"):
+        load_settings(env={}, config_file=toml_file("max_events = true\n", "b.toml"))
+    with pytest.raises(ConfigError, match=r"^port: "):
+        load_settings(env={}, config_file=toml_file("port = 99999\n", "c.toml"))
+
+
+# Every setting with a value that must stop start-up; settings that take any
+# string are listed apart, so a new setting cannot slip past this table.
+BAD_VALUES: dict[str, list[str]] = {
+    "host": ["", "  "],
+    "port": ["abc", "70000", "-1", "8080.5", ""],
+    "secret": ["short", "", "x" * 31],
+    "store": ["mysql://db", "", "sqlite:///"],
+    "message_queue": ["amqp://queue"],
+    "max_events": ["0", "-1", "ten", "1e3"],
+    "ttl_hours": ["0", "-1", "nan", "inf", "x"],
+    "cleanup_interval_minutes": ["0", "-5"],
+    "replay_buffer_size": ["0", "many"],
+    "replay_window_minutes": ["-1", "soon"],
+    "max_event_bytes": ["0", "64k"],
+    "command_timeout_seconds": ["0", "-1", "inf"],
+    "cors_origins": ["example.com", "ftp://x"],
+    "board_enabled": ["maybe", "2"],
+    "websocket_compression": ["sometimes"],
+    "rate_limit_per_second": ["0", "fast"],
+    "rate_limit_burst": ["0", "1.5"],
+    "max_connections_per_principal": ["0"],
+    "max_send_queue": ["-5", "4MB"],
+    "log_level": ["LOUD", "verbose"],
+    "admin_ui": ["perhaps", "true"],  # true without username and password
+    "shutdown_grace_seconds": ["-1", "later"],
+}
+ANY_STRING = {"admin_username", "admin_password"}
+
+
+def test_every_setting_has_bad_values_or_takes_any_string() -> None:
+    assert set(BAD_VALUES) | ANY_STRING == set(SETTING_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [(key, value) for key, values in BAD_VALUES.items() for value in values]
+)
+def test_each_bad_env_value_names_the_setting(key: str, value: str) -> None:
+    name = env_name(key)
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(env={name: value})
+    assert excinfo.value.key == name
+    assert excinfo.value.message.startswith(f"{name}: ")
+    assert "\n" not in excinfo.value.message
+
+
+def test_bad_flag_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match=r"^--port: expected an integer"):
+        load_settings(flags={"port": "eighty"}, env={})
+    with pytest.raises(ConfigError, match=r"^--port: must be 1-65535"):
+        load_settings(flags={"port": "65536"}, env={})
+    with pytest.raises(ConfigError, match=r"^--store: "):
+        load_settings(flags={"store": "ftp://x"}, env={})
+
+
+def test_unknown_lockerbus_variable_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"^LOCKERBUS_MAX_EVENT: unknown setting"):
+        load_settings(env={"LOCKERBUS_MAX_EVENT": "5"})
+    # others' variables are not ours to judge
+    assert load_settings(env={"LOCKERBUSX": "1", "HOME": "/root"}) == Settings()
+
+
+def test_unknown_toml_key_is_named(toml_file: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^max_event: unknown setting"):
+        load_settings(env={}, config_file=toml_file("[lockerbus]\nmax_event = 5\n"))
+
+
+def test_missing_or_broken_config_file(toml_file: Any, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^config: .*does not exist"):
+        load_settings(env={}, config_file=str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match=r"^config: cannot read"):
+        load_settings(env={}, config_file=toml_file("port = = 1\n"))
+    with pytest.raises(ConfigError, match=r"^config: .*must be a table"):
+        load_settings(env={}, config_file=toml_file("lockerbus = 1\n", "t.toml"))
+
+
+@pytest.mark.parametrize(
+    ("secret", "ok"),
+    [
+        ("x" * 31, False),
+        ("x" * 32, True),
+        ("é" * 16, True),  # 32 bytes in UTF-8: the RFC counts bytes
+        ("é" * 15, False),
+        ("", False),  # set but empty is a mistake, not dev mode
+    ],
+)
+def test_short_secret_is_refused(secret: str, ok: bool) -> None:
+    if ok:
+        assert load_settings(env={"LOCKERBUS_SECRET": secret}).secret == secret
+    else:
+        with pytest.raises(ConfigError, match=r"^LOCKERBUS_SECRET: must be at least 32 bytes"):
+            load_settings(env={"LOCKERBUS_SECRET": secret})
+
+
+def test_replace_checks_the_result() -> None:
+    settings = load_settings(env={})
+    assert settings.replace(secret=SECRET).secret == SECRET
+    with pytest.raises(ConfigError, match=r"^secret: "):
+        settings.replace(secret="short")
+
+
+def test_admin_ui_needs_credentials() -> None:
+    env = {"LOCKERBUS_ADMIN_UI": "1", "LOCKERBUS_ADMIN_USERNAME": "root"}
+    with pytest.raises(ConfigError, match=r"^LOCKERBUS_ADMIN_UI: "):
+        load_settings(env=env)
+    settings = load_settings(env={**env, "LOCKERBUS_ADMIN_PASSWORD": "pw"})
+    assert settings.admin_ui
