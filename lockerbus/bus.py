@@ -11,16 +11,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from .auth import Principal, authorize_publish, check_publish_room
-from .errors import LockerbusError, StoreUnavailableError, UnknownEventTypeError
+from .errors import (
+    BadRequestError,
+    LockerbusError,
+    StoreUnavailableError,
+    UnknownEventTypeError,
+)
 from .events import ROUTES
 from .limits import TokenBucket
 from .log import server_logger
 from .metrics import Metrics
-from .service import Event, EventService
+from .service import Event, EventService, check_version
 from .store import EventStore
+
+PUBLISH_KEYS: Final = frozenset({"type", "data", "room", "version"})
 
 
 class Broadcaster(Protocol):
@@ -68,6 +75,16 @@ class EventBus:
             return False
         return True
 
+    async def publish_request(
+        self,
+        payload: Any,
+        *,
+        principal: Principal,
+        bucket: TokenBucket | None = None,
+    ) -> Event:
+        """Publish a client's ``{type, data, room?, version?}`` (socket or HTTP)."""
+        return await self.publish(None, None, principal=principal, bucket=bucket, request=payload)
+
     async def publish(
         self,
         event_type: Any,
@@ -77,16 +94,22 @@ class EventBus:
         room: Any = None,
         ttl_seconds: float | None = None,
         bucket: TokenBucket | None = None,
+        request: Any = None,
     ) -> Event:
         """Publish one event; ``principal`` None is the server itself.
 
-        Raises a :class:`LockerbusError` subclass with the contract's code;
-        nothing is stored or broadcast when it does.
+        ``request`` is a client's whole ``{type, data, room?, version?}``
+        object, given instead of ``event_type``/``data``/``room``.  Raises a
+        :class:`LockerbusError` subclass with the contract's code; nothing is
+        stored or broadcast when it does.
         """
         accepted_at = self._clock()
         try:
             if bucket is not None:
                 bucket.check()  # first: a flood costs no validation work
+            lenient = False
+            if request is not None:
+                event_type, data, room, lenient = _read_request(request)
             if not isinstance(event_type, str) or event_type not in ROUTES:
                 raise UnknownEventTypeError(f"unknown event type {str(event_type)[:64]!r}")
             self.service.check_size(data)
@@ -94,7 +117,7 @@ class EventBus:
             if principal is not None:
                 # before validation: a caller learns nothing of a schema it may not use
                 authorize_publish(principal, event_type, data, checked_room)
-            valid = self.service.validate(event_type, data)
+            valid = self.service.validate(event_type, data, lenient=lenient)
             event = self.service.create_event(event_type, valid, room=checked_room, validated=True)
             stored = await self._append(event, ttl_seconds)
         except LockerbusError as exc:
@@ -168,3 +191,15 @@ class EventBus:
     async def emit_system_status(self, *args: Any, **kwargs: Any) -> Event:
         """Publish a component's health as the server."""
         return await self.emit(self.service.create_system_status_event(*args, **kwargs))
+
+
+def _read_request(request: Any) -> tuple[Any, Any, Any, bool]:
+    """``(type, data, room, lenient)`` from a client's publish object."""
+    if not isinstance(request, Mapping):
+        raise BadRequestError("publish expects an object {type, data, room?, version?}")
+    unknown = set(request) - PUBLISH_KEYS
+    if unknown:
+        names = ", ".join(sorted(str(k)[:64] for k in unknown))
+        raise BadRequestError(f"unknown publish fields: {names}")
+    lenient = "version" in request and check_version(request["version"])
+    return request.get("type"), request.get("data"), request.get("room"), lenient

@@ -27,12 +27,11 @@ from .events import NAMESPACES
 from .limits import PrincipalLimits
 from .log import access_logger
 from .metrics import Metrics
-from .service import check_version, parse_since
+from .service import parse_since
 from .store import EventStore
 
 MAX_PAGE: Final = 1000
 DEFAULT_PAGE: Final = 50
-PUBLISH_KEYS: Final = frozenset({"type", "data", "room", "version"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -117,19 +116,8 @@ class HttpApi:
         """Publish one event: 201 with its envelope, or the contract's error."""
         principal = self.principal(request)
         payload = await self._json_body(request)
-        if not isinstance(payload, dict):
-            raise BadRequestError("body must be a JSON object {type, data, room?}")
-        unknown = set(payload) - PUBLISH_KEYS
-        if unknown:
-            raise BadRequestError(f"unknown fields: {', '.join(sorted(unknown))}")
-        if "version" in payload:
-            check_version(payload["version"])
-        event = await self.bus.publish(
-            payload.get("type"),
-            payload.get("data"),
-            principal=principal,
-            room=payload.get("room"),
-            bucket=self.limits.bucket(principal.sub),
+        event = await self.bus.publish_request(
+            payload, principal=principal, bucket=self.limits.bucket(principal.sub)
         )
         return json_response(event, status=201)
 

@@ -36,10 +36,9 @@ from .fanout import Sender, encode_event
 from .limits import TokenBucket
 from .log import server_logger
 from .metrics import Metrics
-from .service import Event, check_version, parse_since
+from .service import Event, parse_since
 from .store import EventStore
 
-PUBLISH_KEYS: Final = frozenset({"type", "data", "room", "version"})
 ADMIN_UI_ORIGIN: Final = "https://admin.socket.io"
 
 
@@ -268,19 +267,8 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def _publish(self, sid: str, payload: Any) -> dict[str, Any]:
         conn = self.gw.connection(self.namespace, sid)
-        if not isinstance(payload, Mapping):
-            raise BadRequestError("publish expects an object {type, data, room?}")
-        unknown = set(payload) - PUBLISH_KEYS
-        if unknown:
-            raise BadRequestError(f"unknown publish fields: {', '.join(sorted(map(str, unknown)))}")
-        if "version" in payload:
-            check_version(payload["version"])
-        event = await self.gw.bus.publish(
-            payload.get("type"),
-            payload.get("data"),
-            principal=conn.principal,
-            room=payload.get("room"),
-            bucket=conn.bucket,
+        event = await self.gw.bus.publish_request(
+            payload, principal=conn.principal, bucket=conn.bucket
         )
         return {"ok": True, "event": event}
 

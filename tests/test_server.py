@@ -421,3 +421,17 @@ async def test_websocket_compression_is_refused_by_default(server_factory, http)
         url = f"{srv.url}/socket.io/?EIO=4&transport=websocket"
         async with http.ws_connect(url, compress=15) as ws:
             assert bool(ws.compress) is enabled
+
+
+async def test_publish_of_a_newer_minor_drops_unknown_fields(server) -> None:
+    client = await connect(server, LOCKERS, role="gateway")
+    payload = locker_event(0)
+    payload["version"] = "1.7"
+    payload["data"]["colour"] = "red"
+    ack = await client.call("publish", payload, LOCKERS)
+    assert ack["ok"] is True, ack
+    assert "colour" not in ack["event"]["data"]
+    assert ack["event"]["version"] == "1.0"
+    payload["version"] = "1.0"
+    strict = await client.call("publish", payload, LOCKERS)
+    assert strict["error"]["fields"] == {"data.colour": ["Unknown field."]}
