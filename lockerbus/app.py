@@ -85,6 +85,8 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         max_event_bytes=settings.max_event_bytes,
         stats=stats,
     ).add_routes(app)
+    if settings.cors_origins:
+        _allow_cross_origin(app, settings.cors_origins)
     app[SETTINGS] = settings
     app[BUS] = bus
     app[STORE] = store
@@ -92,6 +94,19 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     app[METRICS] = metrics
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+def _allow_cross_origin(app: web.Application, origins: tuple[str, ...]) -> None:
+    """CORS for the HTTP API; Socket.IO checks origins itself (engine.io)."""
+    import aiohttp_cors
+
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+        allow_headers=("Authorization", "Content-Type"), max_age=600
+    )
+    cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
+    for route in list(app.router.routes()):
+        if route.resource is not None and route.resource.canonical.startswith("/api/"):
+            cors.add(route)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -133,3 +133,29 @@ async def test_metrics_move_when_events_flow(server, http) -> None:
     assert 'lockerbus_events_rejected_total{reason="unknown_type"} 1.0' in after
     assert "lockerbus_broadcast_latency_seconds_count 1.0" in after
     assert "lockerbus_store_events 1.0" in after
+
+
+async def test_cors_is_same_origin_unless_configured(server_factory, http) -> None:
+    origin = "https://panel.example"
+    preflight = {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "Authorization, Content-Type",
+    }
+    plain = await server_factory()
+    async with http.options(f"{plain.url}/api/events", headers=preflight) as resp:
+        assert "Access-Control-Allow-Origin" not in resp.headers
+
+    server = await server_factory(cors_origins=(origin,))
+    async with http.options(f"{server.url}/api/events", headers=preflight) as resp:
+        assert resp.status == 200
+        assert resp.headers["Access-Control-Allow-Origin"] == origin
+    async with http.get(
+        f"{server.url}/api/events?namespace=/ws/lockers",
+        headers={**server.headers(), "Origin": origin},
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers["Access-Control-Allow-Origin"] == origin
+    other = {**preflight, "Origin": "https://evil.example"}
+    async with http.options(f"{server.url}/api/events", headers=other) as resp:
+        assert "Access-Control-Allow-Origin" not in resp.headers
