@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import socketio
+from prometheus_client.parser import text_string_to_metric_families
 
 from lockerbus.metrics import LatencyWindow
 from tests.support import connect, locker_event
@@ -147,3 +148,32 @@ async def test_admin_ui_is_off_by_default_and_needs_credentials(server_factory) 
         )
     assert not bad.connected
     await bad.disconnect()
+
+
+async def test_metrics_cover_replay_fallback_evictions_and_commands(server_factory, http) -> None:
+    server = await server_factory(max_events=3)
+    listener = await connect(server, "/ws/lockers", auth={"replay": False})
+    await listener.wait_events("/ws/lockers", "replay_complete", 1)
+    for n in range(3):  # with the connection event, the third evicts: capacity
+        await server.post_event(http, locker_event(n))
+    client = await connect(server, "/ws/lockers", auth={"last_seq": 0})
+    await client.wait_events("/ws/lockers", "replay_complete", 1)
+    async with http.post(
+        f"{server.url}/api/commands",
+        json={"type": "open", "kioskId": "nobody"},
+        headers=server.headers("panel"),
+    ) as resp:
+        assert resp.status == 201
+    async with http.get(f"{server.url}/metrics") as resp:
+        text = await resp.text()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("lockerbus_store_evictions_total", (("reason", "capacity"),))] >= 1
+    assert samples[("lockerbus_events_replayed_total", ())] >= 1
+    fallback = ("lockerbus_fallback_broadcasts_total", (("namespace", "/ws/lockers"),))
+    assert samples[fallback] == 3
+    assert samples[("lockerbus_commands_total", (("outcome", "kiosk_offline"),))] == 1
+    assert samples[("lockerbus_connections", (("namespace", "/ws/lockers"),))] == 2
