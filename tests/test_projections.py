@@ -62,7 +62,7 @@ async def test_lockers_snapshot_latest_state_per_locker(server, http) -> None:
     assert status == 200
     assert body["last_seq"] == last["seq"] == 4
     assert body["epoch"] == last["epoch"]
-    assert [(l["kioskId"], l["lockerId"], l["state"], l["seq"]) for l in body["lockers"]] == [
+    assert [(x["kioskId"], x["lockerId"], x["state"], x["seq"]) for x in body["lockers"]] == [
         ("kiosk-1", "L1", "reserved", 2),
         ("kiosk-1", "L2", "maintenance", 4),
         ("kiosk-2", "L1", "error", 3),
@@ -118,6 +118,7 @@ async def test_snapshot_then_resume_has_no_gap_and_no_double(server, http) -> No
     """Publish continuously; snapshot; connect from its last_seq: every seq exactly once."""
     stop = asyncio.Event()
     published: list[int] = []
+    milestones = {20: asyncio.Event(), 60: asyncio.Event()}
 
     async def publisher() -> None:
         n = 0
@@ -126,24 +127,26 @@ async def test_snapshot_then_resume_has_no_gap_and_no_double(server, http) -> No
             assert status == 201
             published.append(event["seq"])
             n += 1
+            if n in milestones:
+                milestones[n].set()
 
     task = asyncio.create_task(publisher())
-    while len(published) < 20:
-        await asyncio.sleep(0.005)
+    await asyncio.wait_for(milestones[20].wait(), 10)
     _, snap = await get(server, http, "/api/lockers")
     # the snapshot reflects exactly the events up to its last_seq
-    assert max(l["seq"] for l in snap["lockers"]) == snap["last_seq"]
+    assert max(x["seq"] for x in snap["lockers"]) == snap["last_seq"]
     client = await connect(
         server, "/ws/lockers", auth={"last_seq": snap["last_seq"], "epoch": snap["epoch"]}
     )
     await client.call("subscribe", {"room": "locker_updates"}, "/ws/lockers")
-    while len(published) < 60:
-        await asyncio.sleep(0.005)
+    await asyncio.wait_for(milestones[60].wait(), 10)
     stop.set()
     await task
     await client.wait_for(
-        lambda: bool(client.events("/ws/lockers", "locker_state_changed"))
-        and client.events("/ws/lockers", "locker_state_changed")[-1]["seq"] == published[-1]
+        lambda: (
+            bool(client.events("/ws/lockers", "locker_state_changed"))
+            and client.events("/ws/lockers", "locker_state_changed")[-1]["seq"] == published[-1]
+        )
     )
     received = [e["seq"] for e in client.events("/ws/lockers", "locker_state_changed")]
     assert received == list(range(snap["last_seq"] + 1, published[-1] + 1))
