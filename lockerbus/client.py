@@ -690,6 +690,38 @@ class LockerbusClient:
             self._queue.popleft()
             self._reject(item, PublishRejected(error, item.payload))
 
+    async def command(
+        self,
+        command_type: str,
+        kiosk_id: str,
+        *,
+        locker_id: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Event:
+        """Run a command at a kiosk (panel, gateway, admin); returns ``command_applied``.
+
+        Not queued: a command is only worth running now.  The event's
+        ``data.result`` says how it went (``kiosk_offline``, ``timeout``, ...).
+        Raises :class:`PublishRejected` when it cannot be issued.
+        """
+        link = self.links.get(EVENTS_NS)
+        if link is None or link.sio is None or not link.connected.is_set():
+            raise ClientError(f"not connected to {EVENTS_NS}")
+        body: dict[str, Any] = {"type": command_type, "kioskId": kiosk_id}
+        _put(body, lockerId=locker_id, parameters=parameters, idempotency_key=idempotency_key)
+        answer = await link.sio.call(
+            "command",
+            body,
+            namespace=EVENTS_NS,
+            # the server answers within its command timeout (default 10 s)
+            timeout=self.options.ack_timeout + 60,
+        )
+        if isinstance(answer, dict) and answer.get("ok") is True:
+            return dict(answer["event"])
+        error = answer.get("error") if isinstance(answer, dict) else None
+        raise PublishRejected(error if isinstance(error, dict) else {"code": "bad_answer"}, body)
+
     async def _call(self, link: _Link, payload: dict[str, Any]) -> Any:
         sio = link.sio
         if sio is None:
