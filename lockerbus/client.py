@@ -313,7 +313,7 @@ class _Link:
                 )
                 attempt += 1
                 continue
-            attempt = 0
+            connected_at = asyncio.get_running_loop().time()
             self.connects += 1
             self.connected.set()
             self.client._dispatch("connect", {"namespace": self.namespace, "count": self.connects})
@@ -330,11 +330,15 @@ class _Link:
             await self._gone.wait()
             await self._close_sio(sio)
             if not self.client.closing:
+                # a connection that is dropped soon after it was made (a server
+                # that keeps refusing us work) backs off further each time
+                lasted = asyncio.get_running_loop().time() - connected_at
+                attempt = 0 if lasted >= opts.reconnect_max_delay else attempt
                 log.info("%s: disconnected; reconnecting", self.namespace)
                 await self._pause(
-                    backoff_delay(0, opts.reconnect_first_delay, opts.reconnect_max_delay)
+                    backoff_delay(attempt, opts.reconnect_first_delay, opts.reconnect_max_delay)
                 )
-                attempt = 1
+                attempt += 1
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
