@@ -7,12 +7,14 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from .board import BoardRoutes
 from .bus import EventBus
 from .config import Settings
 from .http import Handler, HttpApi, errors_middleware
 from .limits import PrincipalLimits
 from .log import app_logger
 from .metrics import Metrics
+from .projections import Projection
 from .server import SocketGateway
 from .service import EventService
 from .store import EventStore, StoreOptions, open_store
@@ -22,6 +24,7 @@ BUS: Final = web.AppKey("bus", EventBus)
 STORE: Final = web.AppKey("store", EventStore)
 GATEWAY: Final = web.AppKey("gateway", SocketGateway)
 METRICS: Final = web.AppKey("metrics", Metrics)
+PROJECTION: Final = web.AppKey("projection", Projection)
 
 
 def store_options(settings: Settings) -> StoreOptions:
@@ -64,6 +67,8 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     service = EventService(max_event_bytes=settings.max_event_bytes)
     store = store or open_store(settings.store, store_options(settings))
     bus = EventBus(service, store, metrics)
+    projection = Projection()
+    bus.on_stored.append(projection.apply)
     client_manager = None
     if settings.message_queue:
         import socketio
@@ -85,6 +90,12 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         max_event_bytes=settings.max_event_bytes,
         stats=stats,
     ).add_routes(app)
+    BoardRoutes(
+        secret=settings.secret,
+        store=store,
+        projection=projection,
+        board_enabled=settings.board_enabled,
+    ).add_routes(app)
     if settings.cors_origins:
         _allow_cross_origin(app, settings.cors_origins)
     app[SETTINGS] = settings
@@ -92,6 +103,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     app[STORE] = store
     app[GATEWAY] = gateway
     app[METRICS] = metrics
+    app[PROJECTION] = projection
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -112,6 +124,7 @@ def _allow_cross_origin(app: web.Application, origins: tuple[str, ...]) -> None:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     store, gateway = app[STORE], app[GATEWAY]
     await store.start()
+    await app[PROJECTION].rebuild(store)
     await gateway.start()
     app_logger.info("lockerbus ready store=%s epoch=%s", app[SETTINGS].store, store.epoch)
     yield

@@ -52,6 +52,9 @@ class EventBus:
         self.store = store
         self.metrics = metrics
         self.broadcaster = broadcaster
+        #: called with each stored event, in seq order, before it is broadcast
+        #: (projections); a listener must be quick and must not raise
+        self.on_stored: list[Callable[[Event], None]] = []
         self._clock = clock
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -135,6 +138,11 @@ class EventBus:
 
     def _accepted(self, stored: Event, accepted_at: float) -> None:
         self.metrics.published.labels(stored["type"]).inc()
+        for listener in self.on_stored:
+            try:
+                listener(stored)
+            except Exception:  # a projection bug must not fail a stored publish
+                server_logger.exception("on_stored listener failed")
         if self.broadcaster is not None:
             self.broadcaster.broadcast(stored, accepted_at)
 

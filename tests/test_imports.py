@@ -24,6 +24,15 @@ FORBIDDEN = {
     "lockerbus.service": ("socketio", "aiohttp", "lockerbus.store", "lockerbus.server"),
     "lockerbus.store": ("socketio", "aiohttp", "lockerbus.server", "lockerbus.app"),
     "lockerbus.recovery": ("socketio", "aiohttp"),
+    "lockerbus.projections": ("socketio", "aiohttp", "lockerbus.server", "lockerbus.bus"),
+    "lockerbus.client": (
+        "aiohttp.web",
+        "lockerbus.server",
+        "lockerbus.service",
+        "lockerbus.store",
+        "lockerbus.bus",
+        "lockerbus.app",
+    ),
 }
 
 

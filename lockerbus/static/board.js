@@ -1,0 +1,303 @@
+// lockerbus live board: snapshot over HTTP, then live over Socket.IO from the
+// snapshot's last_seq (contract §6, §8). No build step; `io` is socket.io-client.
+(() => {
+  "use strict";
+
+  const LOCKERS = "/ws/lockers", HELP = "/ws/help", EVENTS = "/ws/events";
+  const ROOMS = { [LOCKERS]: "locker_updates", [HELP]: "help_requests", [EVENTS]: "system_events" };
+  const SNAPSHOT = { [LOCKERS]: "/api/lockers", [HELP]: "/api/help" };
+  const FEED_MAX = 50;
+  const PRIORITY = { urgent: 0, high: 1, medium: 2, low: 3 };
+  const TOKEN_KEY = "lockerbus.token";
+  const RETRY_FIRST_MS = 1000, RETRY_MAX_MS = 15000;
+
+  const st = {
+    token: null,
+    lockers: new Map(),   // "kiosk/locker" -> {lockerId, kioskId, state, seq, timestamp}
+    help: new Map(),      // id -> open request
+    pos: {},              // namespace -> {seq, epoch}: the last event folded in
+    buffered: {},         // namespace -> events held while a snapshot reloads
+    sockets: {},
+    status: {},           // namespace -> connected | reconnecting | disconnected
+    replaying: {},        // namespace -> true until replay_complete
+    reconnects: 0,
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, props = {}, ...children) => {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props)) {
+      if (key === "class") node.className = value;
+      else if (key.startsWith("data-")) node.setAttribute(key, String(value));
+      else node[key] = value;
+    }
+    node.append(...children);
+    return node;
+  };
+
+  // -- token ------------------------------------------------------------------
+
+  function tokenFromFragment() {
+    const match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+    if (!match) return null;
+    history.replaceState(null, "", location.pathname + location.search); // keep it out of sight
+    return decodeURIComponent(match[1]);
+  }
+
+  function askForToken(message) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    for (const socket of Object.values(st.sockets)) socket.disconnect();
+    st.sockets = {};
+    $("board").hidden = true;
+    $("logout").hidden = true;
+    $("login").hidden = false;
+    $("login-error").textContent = message || "";
+    $("token-input").focus();
+  }
+
+  class TokenRefused extends Error {}
+
+  async function api(path) {
+    const resp = await fetch(path, { headers: { Authorization: "Bearer " + st.token } });
+    const body = await resp.json().catch(() => ({}));
+    if (resp.status === 401) throw new TokenRefused(body.error ? body.error.message : "token refused");
+    if (!resp.ok) throw new Error(path + ": " + (body.error ? body.error.message : resp.status));
+    return body;
+  }
+
+  // -- state ------------------------------------------------------------------
+
+  async function loadSnapshot(ns) {
+    const snap = await api(SNAPSHOT[ns]);
+    if (ns === LOCKERS) {
+      st.lockers.clear();
+      for (const l of snap.lockers) st.lockers.set(l.kioskId + "/" + l.lockerId, l);
+      renderLockers();
+    } else {
+      st.help.clear();
+      for (const r of snap.help_requests) st.help.set(r.id, r);
+      renderHelp();
+    }
+    st.pos[ns] = { seq: snap.last_seq, epoch: snap.epoch };
+  }
+
+  // Reload a namespace's snapshot while its live events are held back, then
+  // let through only those the snapshot does not already reflect.
+  async function resync(ns) {
+    if (st.buffered[ns]) return;
+    st.buffered[ns] = [];
+    setMode();
+    try {
+      await loadSnapshot(ns);
+    } finally {
+      const held = st.buffered[ns];
+      delete st.buffered[ns];
+      for (const event of held) onEvent(ns, event);
+      setMode();
+    }
+  }
+
+  function onEvent(ns, event) {
+    if (st.buffered[ns]) { st.buffered[ns].push(event); return; }
+    const pos = st.pos[ns];
+    if (pos && pos.epoch === event.epoch && event.seq <= pos.seq) return; // already shown
+    st.pos[ns] = { seq: event.seq, epoch: event.epoch };
+    fold(event);
+    addToFeed(event);
+  }
+
+  function fold(event) {
+    const d = event.data;
+    if (event.type === "locker_state_changed") {
+      const key = d.kioskId + "/" + d.lockerId;
+      st.lockers.set(key, {
+        lockerId: d.lockerId, kioskId: d.kioskId, state: d.newState,
+        seq: event.seq, timestamp: event.timestamp,
+      });
+      renderLockers(key);
+    } else if (event.type === "help_requested") {
+      if (d.status === "resolved") st.help.delete(d.id);
+      else st.help.set(d.id, { ...d, seq: event.seq, timestamp: event.timestamp });
+      renderHelp();
+    } else if (event.type === "help_status_updated") {
+      const request = st.help.get(d.id);
+      if (d.new_status === "resolved") st.help.delete(d.id);
+      else if (request) Object.assign(request, { status: d.new_status, agent_id: d.agent_id, seq: event.seq });
+      renderHelp();
+    }
+  }
+
+  // -- rendering ------------------------------------------------------------------
+
+  function renderLockers(changedKey) {
+    const byKiosk = new Map();
+    for (const [key, l] of [...st.lockers].sort(([a], [b]) => a.localeCompare(b, undefined, { numeric: true }))) {
+      if (!byKiosk.has(l.kioskId)) byKiosk.set(l.kioskId, []);
+      byKiosk.get(l.kioskId).push([key, l]);
+    }
+    const sections = [...byKiosk].map(([kiosk, lockers]) => el("div", { class: "kiosk" },
+      el("h3", {}, kiosk),
+      el("div", { class: "grid" }, ...lockers.map(([key, l]) => el("div", {
+        class: "locker state-" + l.state + (key === changedKey ? " changed" : ""),
+        "data-locker": key, "data-state": l.state, "data-seq": l.seq,
+        title: key + " · " + l.state + " · seq " + l.seq + " · " + l.timestamp,
+      }, el("b", {}, l.lockerId), el("small", {}, l.state))))));
+    $("kiosks").replaceChildren(...(sections.length ? sections
+      : [el("p", { class: "muted empty" }, "No locker has reported yet.")]));
+    $("locker-count").textContent = "(" + st.lockers.size + ")";
+  }
+
+  function renderHelp() {
+    const requests = [...st.help.values()].sort((a, b) =>
+      (PRIORITY[a.priority] ?? 9) - (PRIORITY[b.priority] ?? 9) || a.id - b.id);
+    $("help").replaceChildren(...requests.map((r) => el("li", {
+      "data-help": r.id, "data-priority": r.priority, "data-status": r.status,
+    },
+      el("span", { class: "priority priority-" + r.priority }, r.priority),
+      el("span", {}, "#" + r.id + " " + r.kiosk_id + (r.locker_no != null ? " · locker " + r.locker_no : "")
+        + " · " + r.category.replace("_", " ") + " · " + r.status + (r.note ? " — " + r.note : "")))));
+    $("help-count").textContent = "(" + st.help.size + ")";
+  }
+
+  function summary(event) {
+    const d = event.data || {};
+    switch (event.type) {
+      case "locker_state_changed": return d.kioskId + "/" + d.lockerId + ": " + d.oldState + " → " + d.newState;
+      case "help_requested": return "#" + d.id + " " + d.kiosk_id + " " + d.category + " (" + d.priority + ")";
+      case "help_status_updated": return "#" + d.id + ": " + d.old_status + " → " + d.new_status;
+      case "command_applied": return d.command.type + " " + (d.command.kioskId || "") + ": "
+        + (d.result.success ? "ok" : "failed " + (d.result.error || ""));
+      case "system_status": return d.component + " " + d.status + " (" + d.health_score + ")";
+      default: return (d.userId || "") + " " + (d.namespace || "");
+    }
+  }
+
+  function addToFeed(event) {
+    const time = new Date(event.timestamp);
+    const item = el("li", {
+      "data-ns": event.namespace, "data-seq": event.seq, "data-type": event.type,
+      "data-replayed": event.replayed === true,
+    },
+      el("time", { dateTime: event.timestamp }, isNaN(time) ? "" : time.toLocaleTimeString()),
+      el("span", { class: "type" }, event.type),
+      el("span", {}, summary(event)));
+    const feed = $("feed");
+    feed.prepend(item);
+    while (feed.children.length > FEED_MAX) feed.lastElementChild.remove();
+  }
+
+  function setStatus(ns, status) {
+    st.status[ns] = status;
+    document.querySelector('.ns[data-ns="' + ns + '"]').dataset.status = status;
+    const all = Object.values(st.status);
+    const overall = all.every((s) => s === "connected") ? "connected"
+      : all.some((s) => s === "reconnecting") ? "reconnecting" : "disconnected";
+    const node = $("status");
+    node.dataset.status = overall;
+    node.dataset.reconnects = String(st.reconnects);
+    node.textContent = overall + (st.reconnects ? " · " + st.reconnects + " reconnect(s)" : "");
+    setMode();
+  }
+
+  function setMode() {
+    const busy = Object.values(st.replaying).some(Boolean);
+    const mode = Object.keys(st.buffered).length ? "resyncing" : busy ? "replaying" : "live";
+    const node = $("mode");
+    node.dataset.mode = mode;
+    node.textContent = mode;
+  }
+
+  // -- sockets ------------------------------------------------------------------
+
+  // Sent on every (re)connect: resume from the last event folded in, so the
+  // server replays exactly what was missed (none twice, none skipped).
+  function authFor(ns) {
+    const pos = st.pos[ns];
+    if (pos) return { token: st.token, last_seq: pos.seq, epoch: pos.epoch };
+    return { token: st.token }; // /ws/events on first connect: the recent window
+  }
+
+  function connect(ns) {
+    const socket = io(ns, {
+      auth: (cb) => cb(authFor(ns)),
+      transports: ["websocket"],
+      reconnectionDelay: RETRY_FIRST_MS,
+      reconnectionDelayMax: RETRY_MAX_MS,
+      randomizationFactor: 0.5,
+    });
+    st.sockets[ns] = socket;
+    let retry = 0, timer = null;
+    socket.on("connect", () => {
+      retry = 0;
+      st.replaying[ns] = true;
+      setStatus(ns, "connected");
+      socket.emit("subscribe", { room: ROOMS[ns] });
+    });
+    socket.on("replay_complete", (info) => {
+      st.replaying[ns] = false;
+      if (info.recovered === false && SNAPSHOT[ns]) {
+        resync(ns); // events were lost meanwhile: the snapshot is the truth again
+      } else {
+        const pos = st.pos[ns];
+        if (!pos || pos.epoch !== info.epoch || pos.seq < info.last_seq) {
+          st.pos[ns] = { seq: info.last_seq, epoch: info.epoch };
+        }
+      }
+      setMode();
+    });
+    socket.on("disconnect", (reason) => {
+      st.replaying[ns] = false;
+      st.reconnects += 1;
+      // socket.io-client retries by itself except after a server-side disconnect
+      // (a slow consumer dropped, an instance shutting down): retry that here too
+      if (reason === "io server disconnect") {
+        const base = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** retry++);
+        timer = setTimeout(() => socket.connect(), base / 2 + Math.random() * base / 2);
+      }
+      setStatus(ns, "reconnecting");
+    });
+    socket.on("connect_error", (err) => {
+      if (err.message === "unauthorized") { clearTimeout(timer); askForToken("Token refused: " + (err.data ? err.data.message : "")); return; }
+      if (!socket.active) {
+        const base = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** retry++);
+        timer = setTimeout(() => socket.connect(), base / 2 + Math.random() * base / 2);
+      }
+      setStatus(ns, "reconnecting");
+    });
+    const handler = (event) => onEvent(ns, event);
+    for (const type of ["locker_state_changed", "help_requested", "help_status_updated",
+      "command_applied", "system_status", "connection", "disconnection"]) socket.on(type, handler);
+  }
+
+  async function boot() {
+    $("login").hidden = true;
+    $("board").hidden = false;
+    $("logout").hidden = false;
+    for (const ns of [LOCKERS, HELP, EVENTS]) { st.status[ns] = "disconnected"; st.replaying[ns] = true; }
+    try {
+      await Promise.all([loadSnapshot(LOCKERS), loadSnapshot(HELP)]);
+    } catch (err) {
+      askForToken(err instanceof TokenRefused ? "Token refused: " + err.message : String(err.message || err));
+      return;
+    }
+    for (const ns of [LOCKERS, HELP, EVENTS]) connect(ns);
+  }
+
+  function start() {
+    $("login").addEventListener("submit", (e) => {
+      e.preventDefault();
+      st.token = $("token-input").value.trim();
+      $("token-input").value = "";
+      if (!st.token) return;
+      sessionStorage.setItem(TOKEN_KEY, st.token);
+      boot();
+    });
+    $("logout").addEventListener("click", () => askForToken(""));
+    st.token = tokenFromFragment() || sessionStorage.getItem(TOKEN_KEY);
+    if (!st.token) { askForToken(""); return; }
+    sessionStorage.setItem(TOKEN_KEY, st.token);
+    boot();
+  }
+
+  start();
+})();
