@@ -90,6 +90,10 @@ class Connection:
     pending: list[Event] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     bucket: TokenBucket | None = None
+    #: every event of the namespace up to here that was meant for this connection was sent
+    last_seq: int = 0
+    #: held while the connection is caught up (connect replay, subscribe gap-fill)
+    catching_up: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Hub:
@@ -166,7 +170,9 @@ class Hub:
                 conn.pending.append(event)
                 if len(conn.pending) > self._max_pending:
                     self._overflow(conn)
-            elif not self._sender.send(conn.eio_sid, pkt):
+            elif self._sender.send(conn.eio_sid, pkt):
+                conn.last_seq = event["seq"]
+            else:
                 self._overflow(conn)
         self._metrics.observe_broadcast(time.perf_counter() - accepted_at)
 
@@ -257,7 +263,7 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise BadRequestError("expected {room}")
         room = check_subscribe_room(self.namespace, payload.get("room"))
         if join:
-            self.gw.hub.join(conn, room)
+            await self.gw.join(conn, room)
         else:
             self.gw.hub.leave(conn, room)
         return {"ok": True}
@@ -436,6 +442,10 @@ class SocketGateway:
             self.spawn(self._replay(conn))
 
     async def _replay(self, conn: Connection) -> None:
+        async with conn.catching_up:
+            await self._replay_locked(conn)
+
+    async def _replay_locked(self, conn: Connection) -> None:
         request, ns = conn.replay, conn.namespace
         limit = self.settings.replay_buffer_size
         try:
@@ -475,11 +485,47 @@ class SocketGateway:
                 "recovered": recovered,
             },
         )
+        self._go_live(conn, last_seq)
+
+    def _go_live(self, conn: Connection, covered_seq: int) -> None:
+        """Release the events held during a catch-up that it did not cover; no await."""
+        conn.last_seq = max(conn.last_seq, covered_seq)
         pending, conn.pending = conn.pending, []
         conn.replaying = False
         for event in pending:
-            if event["seq"] > last_seq:
+            if event["seq"] > conn.last_seq:
                 self.hub.send(conn, event["type"], event)
+                conn.last_seq = event["seq"]
+
+    async def join(self, conn: Connection, room: str) -> None:
+        """Join ``room`` and send what it was sent since this connection's last event.
+
+        Between connecting and subscribing, events to a room with members skip
+        the connection; the gap is filled from the store before the ack, so a
+        subscriber's stream has no hole.
+        """
+        if room in conn.rooms:
+            return
+        async with conn.catching_up:
+            self.hub.join(conn, room)
+            conn.replaying = True
+            try:
+                page = await self.store.page(
+                    conn.namespace,
+                    after_seq=conn.last_seq,
+                    limit=self.settings.replay_buffer_size,
+                )
+            except StoreUnavailableError as exc:
+                server_logger.warning("gap fill failed sid=%s: %s", conn.sid, exc.message)
+                self._go_live(conn, conn.last_seq)
+                return
+            if self.hub.get(conn.namespace, conn.sid) is not conn:
+                return
+            missed = [e for e in page.events if e["seq"] > conn.last_seq and e["room"] == room]
+            for event in missed:
+                self.hub.send(conn, event["type"], {**event, "replayed": True})
+            self.metrics.replayed.inc(len(missed))
+            self._go_live(conn, page.last_seq if not page.has_more else page.events[-1]["seq"])
 
     async def stats(self) -> dict[str, Any]:
         """The figures of ``GET /api/stats``."""

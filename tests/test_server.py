@@ -435,3 +435,26 @@ async def test_publish_of_a_newer_minor_drops_unknown_fields(server) -> None:
     payload["version"] = "1.0"
     strict = await client.call("publish", payload, LOCKERS)
     assert strict["error"]["fields"] == {"data.colour": ["Unknown field."]}
+
+
+async def test_subscribe_fills_the_gap_since_the_connection_last_heard(server, http) -> None:
+    member = await connect(server, LOCKERS, auth={"replay": False})
+    await member.wait_events(LOCKERS, "replay_complete", 1)
+    assert (await member.call("subscribe", {"room": "locker_updates"}, LOCKERS))["ok"]
+    late = await connect(server, LOCKERS, auth={"replay": False})
+    await late.wait_events(LOCKERS, "replay_complete", 1)
+    missed = (await publish_many(server, http, 2))[-1]  # to members only: late is not one
+    await member.wait_events(LOCKERS, "locker_state_changed", 2)
+    assert (await late.call("subscribe", {"room": "locker_updates"}, LOCKERS)) == {"ok": True}
+    after = (await publish_many(server, http, 1, start=2))[0]
+    got = await late.wait_events(LOCKERS, "locker_state_changed", 3)
+    assert [e["seq"] for e in got] == [1, 2, 3]
+    assert got[1]["id"] == missed["id"]
+    assert got[1]["replayed"] is True
+    assert got[2]["id"] == after["id"]
+    assert "replayed" not in got[2]
+    # subscribing again sends nothing twice
+    assert (await late.call("subscribe", {"room": "locker_updates"}, LOCKERS)) == {"ok": True}
+    await publish_many(server, http, 1, start=3)
+    got = await late.wait_events(LOCKERS, "locker_state_changed", 4)
+    assert [e["seq"] for e in got] == [1, 2, 3, 4]
