@@ -1,0 +1,67 @@
+"""scripts/bench works end to end and loses nothing: a smoke run, never a timed test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_quick(tmp_path: Path, targets: str) -> dict[str, Any]:
+    require_binary("node")
+    require_binary("npm")
+    result = subprocess.run(
+        [
+            str(ROOT / "scripts" / "bench"),
+            "--quick",
+            f"--targets={targets}",
+            f"--results-dir={tmp_path}",
+            "--quiet-wait=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1, result.stderr
+    report: dict[str, Any] = json.loads(files[0].read_text())
+    return report
+
+
+def _assert_lossless(run: dict[str, Any]) -> None:
+    assert run["status"] == "ok", run
+    assert run["acked"] > 0
+    assert run["rejected"] == 0, run
+    assert run["ack_timeouts"] == 0
+    assert run["lost"] == 0
+    assert run["duplicates"] == 0
+    assert run["reordered"] == 0
+    assert run["deliveries"] == run["expected_deliveries"] == run["acked"] * run["clients"]
+    assert run["latency_ms"]["count"] > 0
+    assert run["server"]["cpu_us_per_delivery"] is not None
+    assert run["server"]["rss_idle_mb"] > 0
+
+
+@pytest.mark.needs_node
+@pytest.mark.timeout(300)
+def test_quick_bench_loses_nothing(tmp_path: Path) -> None:
+    report = _run_quick(tmp_path, "plain,lockerbus")
+    assert report["machine"]["nproc"] >= 1
+    runs = report["runs"]["quick"]
+    _assert_lossless(runs["plain"])
+    lockerbus = runs["lockerbus"]
+    if lockerbus["status"] == "unavailable":
+        # the server is not there yet (no socket.io endpoint); the driver said why
+        assert lockerbus["reason"]
+        return
+    _assert_lossless(lockerbus)
+    # contract §6: replay_complete after replay: false, for every connection
+    assert lockerbus["replay_complete"] == lockerbus["clients"] + 1
