@@ -13,7 +13,7 @@ from .http import Handler, HttpApi, errors_middleware
 from .limits import PrincipalLimits
 from .log import app_logger
 from .metrics import Metrics
-from .server import SocketGateway
+from .server import ClusterRedisManager, SocketGateway
 from .service import EventService
 from .store import EventStore, StoreOptions, open_store
 
@@ -66,10 +66,14 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     bus = EventBus(service, store, metrics)
     client_manager = None
     if settings.message_queue:
-        import socketio
+        from .store.redis import events_channel
 
-        client_manager = socketio.AsyncRedisManager(settings.message_queue)
+        client_manager = ClusterRedisManager(
+            settings.message_queue, channel=events_channel(settings.store)
+        )
     gateway = SocketGateway(settings, bus, store, metrics, client_manager=client_manager)
+    if client_manager is not None:
+        _join_cluster(settings, bus, store, gateway, client_manager)
     gateway.sio.attach(app)
 
     async def stats() -> dict[str, Any]:
@@ -92,6 +96,25 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     app[METRICS] = metrics
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+def _join_cluster(
+    settings: Settings,
+    bus: EventBus,
+    store: EventStore,
+    gateway: SocketGateway,
+    manager: ClusterRedisManager,
+) -> None:
+    """Deliver from the shared channel (see cluster.py), not straight from each publish."""
+    from .cluster import ClusterRelay
+    from .presence import Presence
+
+    relay = ClusterRelay(gateway.hub, store, resync=gateway.resync)
+    relay.listener = manager
+    manager.relay = relay
+    bus.broadcaster = relay
+    gateway.relay = relay
+    gateway.presence = Presence(settings.store)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
