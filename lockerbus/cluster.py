@@ -171,6 +171,13 @@ class ClusterRelay:
 
     # -- the periodic check ----------------------------------------------------
 
+    async def start(self) -> None:
+        """Take each namespace's position before any local client can connect: from
+        here on, every event not heard on the channel is noticed as a gap."""
+        for ns in NAMESPACES:
+            last = await self._store.last_seq(ns)
+            self._cursors[ns] = _Cursor(self._store.epoch, last)
+
     async def run(self) -> None:
         """Background task: catch up with the store and keep the listener honest."""
         while True:
@@ -212,17 +219,15 @@ class ClusterRelay:
             server_logger.error("cluster: the pub/sub listener stopped")
         elif self._pong < self._ping_sent:
             server_logger.error("cluster: the pub/sub listener did not hear its ping")
-        else:
-            if not behind:
-                self._ping_sent += 1
-                await listener.ping(self._ping_sent)
-                return
+        elif not behind:
+            self._ping_sent += 1
+            await listener.ping(self._ping_sent)
+            return
         server_logger.error("cluster: restarting the pub/sub listener")
         self.restarts += 1
         listener.restart()
-        self._pong = self._ping_sent  # forgive the ping the old listener missed
-        self._ping_sent += 1
-        await listener.ping(self._ping_sent)
+        # No ping this round: the new listener may not have subscribed yet.
+        self._pong = self._ping_sent
 
     def stats(self) -> dict[str, Any]:
         """Figures for /api/stats."""

@@ -249,8 +249,9 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         conn = self.gw.hub.get(self.namespace, sid)
         if conn is None:
             return
+        held_kiosk = KIOSK_ROOM_PREFIX + conn.principal.sub in conn.rooms
         self.gw.hub.remove(conn)
-        if self.gw.presence is not None and KIOSK_ROOM_PREFIX + conn.principal.sub in conn.rooms:
+        if self.gw.presence is not None and held_kiosk:
             self.gw.spawn(self.gw.presence.remove(conn.principal.sub, sid))
         server_logger.info(
             "disconnected sid=%s namespace=%s reason=%s", sid, conn.namespace, reason
@@ -580,6 +581,12 @@ class SocketGateway:
     async def start(self) -> None:
         self.spawn(self.hub.reap_overflowed(self.sio))
         if self.relay is not None:
+            await self.relay.start()
+            # python-socketio starts the manager's listener at the first client
+            # connection; an instance must hear the cluster from the start.
+            if not getattr(self.sio, "manager_initialized", True):
+                self.sio.manager_initialized = True
+                self.sio.manager.initialize()
             self.spawn(self.relay.run())
         if self.presence is not None:
             hub = self.hub

@@ -36,7 +36,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..errors import StoreUnavailableError
@@ -498,6 +500,11 @@ class RedisEventStore(EventStore):
         try:
             result = await awaitable
         except (RedisError, OSError) as exc:
+            if isinstance(exc, (RedisConnectionError, RedisTimeoutError)) and self._redis:
+                # After a Redis restart every idle pooled connection is stale: drop them
+                # all now, so one failed call (not one per connection) finds it out.
+                with contextlib.suppress(RedisError, OSError):
+                    await self._redis.connection_pool.disconnect(inuse_connections=False)
             raise self._unavailable(exc) from exc
         self._problem = None
         return result
