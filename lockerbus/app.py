@@ -15,7 +15,7 @@ from .limits import PrincipalLimits
 from .log import app_logger
 from .metrics import Metrics
 from .projections import Projection
-from .server import SocketGateway
+from .server import ClusterRedisManager, SocketGateway
 from .service import EventService
 from .store import EventStore, StoreOptions, open_store
 
@@ -71,10 +71,14 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     bus.on_stored.append(projection.apply)
     client_manager = None
     if settings.message_queue:
-        import socketio
+        from .store.redis import events_channel
 
-        client_manager = socketio.AsyncRedisManager(settings.message_queue)
+        client_manager = ClusterRedisManager(
+            settings.message_queue, channel=events_channel(settings.store)
+        )
     gateway = SocketGateway(settings, bus, store, metrics, client_manager=client_manager)
+    if client_manager is not None:
+        _join_cluster(settings, bus, store, gateway, client_manager)
     gateway.sio.attach(app)
 
     async def stats() -> dict[str, Any]:
@@ -119,6 +123,25 @@ def _allow_cross_origin(app: web.Application, origins: tuple[str, ...]) -> None:
     for route in list(app.router.routes()):
         if route.resource is not None and route.resource.canonical.startswith("/api/"):
             cors.add(route)
+
+
+def _join_cluster(
+    settings: Settings,
+    bus: EventBus,
+    store: EventStore,
+    gateway: SocketGateway,
+    manager: ClusterRedisManager,
+) -> None:
+    """Deliver from the shared channel (see cluster.py), not straight from each publish."""
+    from .cluster import ClusterRelay
+    from .presence import Presence
+
+    relay = ClusterRelay(gateway.hub, store, resync=gateway.resync)
+    relay.listener = manager
+    manager.relay = relay
+    bus.broadcaster = relay
+    gateway.relay = relay
+    gateway.presence = Presence(settings.store)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

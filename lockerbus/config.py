@@ -188,6 +188,12 @@ def _check(settings: Settings) -> None:
         ("redis://", "rediss://", "unix://")
     ):
         raise ConfigError("message_queue", f"{settings.message_queue!r} is not a redis:// URL")
+    if settings.message_queue is not None and not settings.store.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError(
+            "message_queue", "instances share one store: set store to the same redis:// server"
+        )
     for key in (
         "max_events",
         "ttl_hours",

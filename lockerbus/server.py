@@ -14,15 +14,17 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
 from typing import Any, Final
 
 import socketio
 
 from .auth import Principal, check_subscribe_room, verify_token
 from .bus import EventBus
+from .cluster import EVENT_PREFIX, ClusterRelay
 from .commands import CommandService, KioskDisconnected, KioskOffline
 from .config import Settings
 from .errors import (
@@ -36,6 +38,7 @@ from .fanout import Sender, encode_event
 from .limits import TokenBucket
 from .log import server_logger
 from .metrics import Metrics
+from .presence import Presence, PresenceError
 from .service import Event, parse_since
 from .store import EventStore
 
@@ -165,13 +168,16 @@ class Hub:
                 self.fallbacks[namespace] += 1
                 self._metrics.fallbacks.labels(namespace).inc()
         pkt = encode_event(namespace, event["type"], event)
+        seq = event["seq"]
         for conn in recipients:
             if conn.replaying:
                 conn.pending.append(event)
                 if len(conn.pending) > self._max_pending:
                     self._overflow(conn)
+            elif seq <= conn.last_seq:
+                continue  # already sent, or covered by its replay (an instance can lag its store)
             elif self._sender.send(conn.eio_sid, pkt):
-                conn.last_seq = event["seq"]
+                conn.last_seq = seq
             else:
                 self._overflow(conn)
         self._metrics.observe_broadcast(time.perf_counter() - accepted_at)
@@ -236,6 +242,8 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         gw.hub.add(conn)
         if principal.role == "kiosk" and ns == EVENTS_NS:
             gw.hub.join(conn, KIOSK_ROOM_PREFIX + principal.sub)
+            if gw.presence is not None:  # before the connection is confirmed: commands find it
+                await gw.presence.add(principal.sub, sid)
         server_logger.info(
             "connected sid=%s namespace=%s sub=%s role=%s", sid, ns, principal.sub, principal.role
         )
@@ -245,7 +253,10 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         conn = self.gw.hub.get(self.namespace, sid)
         if conn is None:
             return
+        held_kiosk = KIOSK_ROOM_PREFIX + conn.principal.sub in conn.rooms
         self.gw.hub.remove(conn)
+        if self.gw.presence is not None and held_kiosk:
+            self.gw.spawn(self.gw.presence.remove(conn.principal.sub, sid))
         server_logger.info(
             "disconnected sid=%s namespace=%s reason=%s", sid, conn.namespace, reason
         )
@@ -346,6 +357,8 @@ class SocketGateway:
             max_pending=settings.max_send_queue,
         )
         bus.broadcaster = self.hub
+        self.relay: ClusterRelay | None = None  # set by app.py with a message queue
+        self.presence: Presence | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.commands = CommandService(bus, self, timeout_seconds=settings.command_timeout_seconds)
@@ -412,11 +425,16 @@ class SocketGateway:
         """Send ``command`` to one connection of the kiosk (the newest) and await its ack."""
         members = self.hub.rooms[EVENTS_NS].get(KIOSK_ROOM_PREFIX + kiosk_id)
         if not members:
-            raise KioskOffline(kiosk_id)
+            return await self._send_remote_command(kiosk_id, command, timeout_seconds)
         conn = next(reversed(members.values()))
         call = asyncio.ensure_future(
             self.sio.call(
-                "command", dict(command), to=conn.sid, namespace=EVENTS_NS, timeout=timeout_seconds
+                "command",
+                dict(command),
+                to=conn.sid,
+                namespace=EVENTS_NS,
+                timeout=timeout_seconds,
+                ignore_queue=True,
             )
         )
         gone = asyncio.ensure_future(conn.closed.wait())
@@ -433,6 +451,41 @@ class SocketGateway:
             raise TimeoutError from None
         except socketio.exceptions.DisconnectedError:
             raise KioskDisconnected(kiosk_id) from None
+
+    async def _send_remote_command(
+        self, kiosk_id: str, command: Mapping[str, Any], timeout_seconds: float
+    ) -> Any:
+        """A kiosk held by another instance: the message queue carries the command
+        and its ack (python-socketio's cross-host callbacks)."""
+        if self.presence is None:
+            raise KioskOffline(kiosk_id)
+        try:
+            holders = await self.presence.find(kiosk_id)
+        except PresenceError as exc:
+            server_logger.warning("command: cannot look kiosk %s up: %s", kiosk_id, exc)
+            raise KioskOffline(kiosk_id) from None
+        remote = [sid for host, sid in holders if host != self.presence.instance_id]
+        if not remote:
+            raise KioskOffline(kiosk_id)
+        try:
+            return await self.sio.call(
+                "command",
+                dict(command),
+                to=remote[-1],
+                namespace=EVENTS_NS,
+                timeout=timeout_seconds,
+            )
+        except socketio.exceptions.TimeoutError:
+            raise TimeoutError from None
+
+    def resync(self, namespace: str) -> None:
+        """Close every local connection of ``namespace``: its clients reconnect and replay.
+
+        The cluster relay asks for it when live delivery could not stay gap-free.
+        """
+        for conn in list(self.hub.connections[namespace].values()):
+            self.hub.remove(conn)
+            self.spawn(self.sio.disconnect(conn.sid, namespace=namespace))
 
     # -- replay ---------------------------------------------------------------
 
@@ -533,19 +586,53 @@ class SocketGateway:
             store: dict[str, Any] = dataclasses.asdict(await self.store.stats())
         except StoreUnavailableError as exc:
             store = {"error": exc.message}
-        return {
-            "connections": {ns: len(conns) for ns, conns in self.hub.connections.items()},
+        connections = {ns: len(conns) for ns, conns in self.hub.connections.items()}
+        stats: dict[str, Any] = {
+            "connections": connections,
             "broadcast_latency_ms": self.metrics.latency.summary(),
             "fallback_broadcasts": dict(self.hub.fallbacks),
             "store": store,
             "errors": dict(self.metrics.errors),
             "commands": dict(self.commands.outcomes),
         }
+        if self.presence is not None and self.relay is not None:
+            stats["instance"] = self.presence.instance_id
+            stats["scope"] = {
+                "connections": "instance",
+                "broadcast_latency_ms": "instance",
+                "fallback_broadcasts": "instance",
+                "errors": "instance",
+                "store": "cluster",
+                "cluster": "cluster",
+            }
+            cluster: dict[str, Any] = {"relay": self.relay.stats()}
+            try:
+                instances = await self.presence.instances()
+                cluster["instances"] = instances
+                cluster["connections"] = {
+                    ns: sum(i.get("connections", {}).get(ns, 0) for i in instances.values())
+                    for ns in connections
+                }
+            except Exception as exc:  # Redis down: the per-instance figures still stand
+                cluster["error"] = str(exc)
+            stats["cluster"] = cluster
+        return stats
 
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
         self.spawn(self.hub.reap_overflowed(self.sio))
+        if self.relay is not None:
+            await self.relay.start()
+            # python-socketio starts the manager's listener at the first client
+            # connection; an instance must hear the cluster from the start.
+            if not getattr(self.sio, "manager_initialized", True):
+                self.sio.manager_initialized = True
+                self.sio.manager.initialize()
+            self.spawn(self.relay.run())
+        if self.presence is not None:
+            hub = self.hub
+            self.spawn(self.presence.run(lambda: {ns: len(c) for ns, c in hub.connections.items()}))
 
     async def close(self) -> None:
         """Disconnect every client so it reconnects elsewhere; stop background tasks."""
@@ -561,10 +648,91 @@ class SocketGateway:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.presence is not None:
+            await self.presence.close()
 
 
 def _short(value: Any) -> str | None:
     return value[:256] if isinstance(value, str) and value else None
 
 
-__all__ = ["Connection", "Hub", "LockerbusNamespace", "ReplayRequest", "SocketGateway"]
+# -- several instances -----------------------------------------------------------
+
+TESTED_SOCKETIO: Final = ("5.",)
+
+
+class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+    """python-socketio's Redis manager, whose channel also carries the store's events.
+
+    The Redis store publishes each appended event on this channel; they are
+    taken out of the stream here and handed to the :class:`ClusterRelay` in
+    the order received, and everything else (cross-host acks, disconnects)
+    goes on to python-socketio.  ``alive``/``ping``/``restart`` let the relay
+    notice a listener that died or went deaf and start it again; they touch
+    python-socketio internals (``thread``, ``_thread``, ``pubsub``), checked
+    against the versions this was tested with.
+    """
+
+    PING: Final = "lockerbus_ping"
+
+    def __init__(self, url: str, *, channel: str) -> None:
+        super().__init__(url, channel=channel)
+        self.relay: ClusterRelay | None = None
+        self._internals = version("python-socketio").startswith(TESTED_SOCKETIO) and all(
+            hasattr(self, name) for name in ("_thread", "_publish", "_listen")
+        )
+        if not self._internals:
+            server_logger.warning(
+                "python-socketio %s is untested here: a dead pub/sub listener is not restarted",
+                version("python-socketio"),
+            )
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        async for message in super()._listen():
+            if isinstance(message, bytes) and message.startswith(EVENT_PREFIX):
+                if self.relay is not None:
+                    await self.relay.receive(message)
+                continue
+            if isinstance(message, bytes) and self.PING.encode() in message[:40]:
+                data = self.json.loads(message)
+                if data.get("host_id") == self.host_id and self.relay is not None:
+                    self.relay.pong(int(data.get("token", 0)))
+                continue
+            yield message
+
+    def alive(self) -> bool:
+        """Whether the listener task is still running."""
+        thread = getattr(self, "thread", None)
+        return thread is None or not thread.done()
+
+    async def ping(self, token: int) -> None:
+        """Publish a ping this instance's own listener should hear."""
+        await self._publish({"method": self.PING, "host_id": self.host_id, "token": token})
+
+    def restart(self) -> None:
+        """Drop the listener and its subscription; start a fresh one now."""
+        if not self._internals or self.server is None:
+            return
+        thread, pubsub = getattr(self, "thread", None), getattr(self, "pubsub", None)
+        if thread is not None:
+            thread.cancel()
+        if pubsub is not None:
+            self.server.start_background_task(_close_quietly, pubsub)
+        self.thread = self.server.start_background_task(self._thread)
+
+
+async def _close_quietly(pubsub: Any) -> None:
+    try:
+        await pubsub.aclose()
+    except Exception:
+        server_logger.debug("closing a dropped pub/sub connection failed")
+
+
+__all__ = [
+    "ClusterRedisManager",
+    "Connection",
+    "Hub",
+    "LockerbusNamespace",
+    "ReplayRequest",
+    "SocketGateway",
+]

@@ -63,3 +63,23 @@ async def http():  # type: ignore[no-untyped-def]
 
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def redis_shared(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """One redis-server for the session; tests keep apart by key prefix."""
+    from tests.redis_support import shared_server
+
+    with shared_server(tmp_path_factory.mktemp("redis-shared")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_server(tmp_path):  # type: ignore[no-untyped-def]
+    """A redis-server of this test's own (no persistence), stopped after it."""
+    from tests.redis_support import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

@@ -121,6 +121,26 @@ async def corrupt_sqlite(store: EventStore, namespace: str, seq: int) -> None:
     await asyncio.to_thread(rewrite)
 
 
+async def corrupt_redis(store: EventStore, namespace: str, seq: int) -> None:
+    """Flip a byte inside one record's body in Redis, leaving its checksum."""
+    import redis.asyncio
+
+    prefix = store._prefix  # type: ignore[attr-defined]
+    key = f"{prefix}:log:{namespace}"
+    async with redis.asyncio.Redis.from_url(store._url) as client:  # type: ignore[attr-defined]
+        (member,) = await client.zrangebyscore(key, seq, seq)
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.zrem(key, member)
+            pipe.zadd(key, {flip_byte(member, len(member) // 2): seq})
+            await pipe.execute()
+
+
+def redis_url(directory: Path, name: str) -> str:
+    from tests.redis_support import shared_url
+
+    return f"{shared_url()}?prefix={directory.name}-{name}"
+
+
 @dataclass(frozen=True)
 class Backend:
     """What the contract suite needs to know about one store backend."""
@@ -133,6 +153,7 @@ class Backend:
 BACKENDS = {
     "memory": Backend("memory", lambda _dir, _name: "memory", corrupt_memory),
     "sqlite": Backend("sqlite", lambda d, name: f"sqlite:///{d / name}.db", corrupt_sqlite),
+    "redis": Backend("redis", redis_url, corrupt_redis),
 }
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_binary
+
+from tests.conftest import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 

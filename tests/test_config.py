@@ -67,7 +67,7 @@ def test_contract_env_names(key: str, env: str) -> None:
 def test_environment_values_are_parsed() -> None:
     env = {
         "LOCKERBUS_SECRET": SECRET,
-        "LOCKERBUS_STORE": "sqlite:///tmp/x.db",
+        "LOCKERBUS_STORE": "redis://localhost:6379/0",
         "LOCKERBUS_MESSAGE_QUEUE": "redis://localhost:6379/0",
         "LOCKERBUS_MAX_EVENTS": "500",
         "LOCKERBUS_TTL_HOURS": "1.5",
@@ -81,7 +81,7 @@ def test_environment_values_are_parsed() -> None:
     settings = load_settings(env=env)
     assert settings.secret == SECRET
     assert not settings.dev_mode
-    assert settings.store == "sqlite:///tmp/x.db"
+    assert settings.store == "redis://localhost:6379/0"
     assert settings.message_queue == "redis://localhost:6379/0"
     assert settings.max_events == 500
     assert settings.ttl_hours == 1.5

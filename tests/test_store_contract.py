@@ -45,6 +45,8 @@ class Factory:
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Factory]:
+    if request.param == "redis":
+        request.getfixturevalue("redis_shared")
     factory = Factory(BACKENDS[request.param], tmp_path)
     yield factory
     for store in factory.stores:

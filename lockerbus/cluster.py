@@ -1,0 +1,238 @@
+"""Several instances, one stream: deliver the shared store's events to this
+instance's sockets once each, in seq order (contract §9).
+
+The Redis store publishes every event in the same atomic step that numbers
+it, so the channel carries each namespace's events in seq order.  Every
+instance, the publishing one included, delivers from that channel and never
+straight from its own publish: two instances publishing at once cannot then
+deliver 42 before 41 anywhere.
+
+Pub/sub is at-most-once: a subscription that drops (Redis restarting, the
+connection killed, a listener that silently stopped) loses what was published
+meanwhile.  So this relay keeps, per namespace, the last seq it delivered:
+
+* an event at or below it is a duplicate and is dropped;
+* an event beyond the next one means a gap: the missing events are read from
+  the store and delivered first;
+* a periodic check compares the store's last seq with it, and fills what has
+  waited longer than one interval (a quiet system still catches up), and a
+  ping through the channel proves the listener hears; a deaf or dead listener
+  is restarted;
+* when a gap cannot be filled (the events expired, the store is down) or the
+  epoch changed (Redis lost its data), the namespace's local connections are
+  closed, so their clients reconnect and replay with an honest ``recovered``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import orjson
+
+from .errors import StoreUnavailableError
+from .events import NAMESPACES
+from .log import server_logger
+from .service import Event
+from .store import EventStore
+
+CHECK_INTERVAL_SECONDS: Final = 1.0
+_MAX_ACCEPTED: Final = 10_000
+EVENT_PREFIX: Final = b'{"seq":'
+
+
+class LocalBroadcaster(Protocol):
+    """This instance's synchronous fan-out (server.Hub)."""
+
+    def broadcast(self, event: Event, accepted_at: float) -> None: ...
+
+
+class Listener(Protocol):
+    """The pub/sub listener feeding :meth:`ClusterRelay.receive` (the Socket.IO manager)."""
+
+    def alive(self) -> bool: ...
+
+    async def ping(self, token: int) -> None: ...
+
+    def restart(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Cursor:
+    epoch: str
+    seq: int
+
+
+class ClusterRelay:
+    """Turns the store's event channel into in-order, once-only local broadcasts."""
+
+    def __init__(
+        self,
+        local: LocalBroadcaster,
+        store: EventStore,
+        *,
+        resync: Callable[[str], None],
+        interval_seconds: float = CHECK_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._local = local
+        self._store = store
+        self._resync = resync
+        self._interval = interval_seconds
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._cursors: dict[str, _Cursor] = {}
+        self._seen_last: dict[str, tuple[str, int]] = {}
+        self._accepted: OrderedDict[str, float] = OrderedDict()
+        self.listener: Listener | None = None
+        self._ping_sent = 0
+        self._pong = 0
+        self.filled = 0
+        self.restarts = 0
+        self.resyncs = 0
+
+    # -- the bus side: this instance published an event ----------------------
+
+    def broadcast(self, event: Event, accepted_at: float) -> None:
+        """Remember when a local publish was accepted; delivery comes from the channel."""
+        accepted = self._accepted
+        accepted[event["id"]] = accepted_at
+        if len(accepted) > _MAX_ACCEPTED:
+            accepted.popitem(last=False)
+
+    # -- the channel side ------------------------------------------------------
+
+    async def receive(self, raw: bytes) -> None:
+        """One event from the channel (bytes as the store published them)."""
+        try:
+            event = orjson.loads(raw)
+            if not all(key in event for key in ("seq", "namespace", "epoch", "id")):
+                raise KeyError("seq")
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            server_logger.warning("cluster: dropped a malformed event message")
+            return
+        async with self._lock:
+            await self._deliver(event)
+
+    def pong(self, token: int) -> None:
+        """The listener heard this instance's ping ``token``."""
+        self._pong = max(self._pong, token)
+
+    async def _deliver(self, event: Event) -> None:
+        ns, seq, epoch = event["namespace"], event["seq"], event["epoch"]
+        cursor = self._cursors.get(ns)
+        if cursor is not None and cursor.epoch != epoch:
+            server_logger.warning("cluster: %s moved to epoch %s: resyncing clients", ns, epoch)
+            self._resync_ns(ns)
+            cursor = None
+        if cursor is not None:
+            if seq <= cursor.seq:
+                return
+            if seq > cursor.seq + 1 and not await self._fill(ns, cursor, seq - 1):
+                return
+        self._send(event)
+
+    def _send(self, event: Event) -> None:
+        now = self._clock()
+        accepted_at = self._accepted.pop(event["id"], now)
+        self._cursors[event["namespace"]] = _Cursor(event["epoch"], event["seq"])
+        self._local.broadcast(event, accepted_at)
+
+    async def _fill(self, ns: str, cursor: _Cursor, upto: int) -> bool:
+        """Deliver seqs cursor+1..upto from the store; False (after a resync) if impossible."""
+        want = upto - cursor.seq
+        try:
+            page = await self._store.page(ns, after_seq=cursor.seq, limit=want)
+        except StoreUnavailableError as exc:
+            server_logger.warning("cluster: cannot fill a gap in %s: %s", ns, exc.message)
+            page = None
+        events = [] if page is None else [e for e in page.events if e["seq"] <= upto]
+        complete = (
+            page is not None
+            and page.epoch == cursor.epoch
+            and [e["seq"] for e in events] == list(range(cursor.seq + 1, upto + 1))
+        )
+        if not complete:
+            self._resync_ns(ns)
+            return page is not None and page.epoch != cursor.epoch
+        self.filled += len(events)
+        for event in events:
+            self._send(event)
+        return True
+
+    def _resync_ns(self, ns: str) -> None:
+        self.resyncs += 1
+        self._cursors.pop(ns, None)
+        self._resync(ns)
+
+    # -- the periodic check ----------------------------------------------------
+
+    async def start(self) -> None:
+        """Take each namespace's position before any local client can connect: from
+        here on, every event not heard on the channel is noticed as a gap."""
+        for ns in NAMESPACES:
+            last = await self._store.last_seq(ns)
+            self._cursors[ns] = _Cursor(self._store.epoch, last)
+
+    async def run(self) -> None:
+        """Background task: catch up with the store and keep the listener honest."""
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.check()
+            except StoreUnavailableError:
+                pass  # readiness reports it; the next round tries again
+            except Exception:
+                server_logger.exception("cluster check failed")
+
+    async def check(self) -> None:
+        """One round of the periodic check (public for tests).
+
+        Store first: while Redis is down this raises and nothing is restarted,
+        since no listener could hear anything then.
+        """
+        behind = False
+        for ns in NAMESPACES:
+            last = await self._store.last_seq(ns)
+            epoch = self._store.epoch
+            before, self._seen_last[ns] = self._seen_last.get(ns), (epoch, last)
+            if before is None or before[0] != epoch:
+                continue
+            async with self._lock:
+                cursor = self._cursors.get(ns)
+                if cursor is None:
+                    # Whatever was published an interval ago has been heard or is lost.
+                    self._cursors[ns] = _Cursor(epoch, before[1])
+                elif cursor.epoch == epoch and cursor.seq < before[1]:
+                    behind = True
+                    await self._fill(ns, cursor, before[1])
+        listener = self.listener
+        if listener is None:
+            return
+        if behind:
+            server_logger.error("cluster: events reached this instance only from the store")
+        if not listener.alive():
+            server_logger.error("cluster: the pub/sub listener stopped")
+        elif self._pong < self._ping_sent:
+            server_logger.error("cluster: the pub/sub listener did not hear its ping")
+        elif not behind:
+            self._ping_sent += 1
+            await listener.ping(self._ping_sent)
+            return
+        server_logger.error("cluster: restarting the pub/sub listener")
+        self.restarts += 1
+        listener.restart()
+        # No ping this round: the new listener may not have subscribed yet.
+        self._pong = self._ping_sent
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for /api/stats."""
+        return {
+            "filled_from_store": self.filled,
+            "listener_restarts": self.restarts,
+            "resyncs": self.resyncs,
+        }

@@ -1,0 +1,134 @@
+"""Who is where across instances, kept in Redis: live instances and kiosk connections.
+
+Commands (contract §5, §9) must reach a kiosk on whichever instance holds it,
+and ``kiosk_offline`` must mean that none does.  Each instance records its
+kiosk connections (``P:kiosk:<id>`` hash: sid -> instance) and keeps a
+heartbeat key with an expiry (``P:instance:<id>``, holding its connection
+counts).  An entry whose instance's heartbeat expired is ignored and removed,
+so an instance that crashed stops counting within ``ttl_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .log import server_logger
+from .store.redis import COMMAND_TIMEOUT_SECONDS, CONNECT_TIMEOUT_SECONDS, split_url
+
+TTL_SECONDS: Final = 15.0
+HEARTBEAT_SECONDS: Final = 5.0
+
+
+class PresenceError(Exception):
+    """Redis could not answer a presence question."""
+
+
+class Presence:
+    """This instance's view of the cluster's instances and kiosks."""
+
+    def __init__(self, url: str, *, instance_id: str | None = None) -> None:
+        plain_url, prefix = split_url(url)
+        self.instance_id = instance_id or uuid.uuid4().hex[:12]
+        self._prefix = prefix
+        self._redis = Redis.from_url(
+            plain_url,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=COMMAND_TIMEOUT_SECONDS,
+        )
+        self._own: dict[str, str] = {}  # sid -> kiosk id, to restore after Redis lost them
+
+    def _kiosk_key(self, kiosk_id: str) -> str:
+        return f"{self._prefix}:kiosk:{kiosk_id}"
+
+    def _instance_key(self, instance_id: str) -> str:
+        return f"{self._prefix}:instance:{instance_id}"
+
+    async def add(self, kiosk_id: str, sid: str) -> None:
+        """Record a kiosk connection of this instance (best effort: logged on failure)."""
+        self._own[sid] = kiosk_id
+        try:
+            await self._redis.hset(self._kiosk_key(kiosk_id), sid, self.instance_id)
+        except (RedisError, OSError) as exc:
+            server_logger.warning("presence: could not record kiosk %s: %s", kiosk_id, exc)
+
+    async def remove(self, kiosk_id: str, sid: str) -> None:
+        """Forget a kiosk connection of this instance."""
+        self._own.pop(sid, None)
+        try:
+            await self._redis.hdel(self._kiosk_key(kiosk_id), sid)
+        except (RedisError, OSError) as exc:
+            server_logger.warning("presence: could not forget kiosk %s: %s", kiosk_id, exc)
+
+    async def find(self, kiosk_id: str) -> list[tuple[str, str]]:
+        """(instance, sid) of the kiosk's connections on live instances, newest last."""
+        key = self._kiosk_key(kiosk_id)
+        try:
+            entries: dict[Any, Any] = await self._redis.hgetall(key)
+            if not entries:
+                return []
+            hosts = sorted({host.decode() for host in entries.values()})
+            alive = await self._redis.mget([self._instance_key(h) for h in hosts])
+            live = {h for h, beat in zip(hosts, alive, strict=True) if beat is not None}
+            dead = [sid for sid, host in entries.items() if host.decode() not in live]
+            if dead:
+                await self._redis.hdel(key, *dead)
+        except (RedisError, OSError) as exc:
+            raise PresenceError(str(exc)) from exc
+        return [(host.decode(), sid.decode()) for sid, host in entries.items() if sid not in dead]
+
+    async def heartbeat(self, connections: dict[str, int]) -> None:
+        """Say this instance is alive, with its connection counts; re-record its kiosks
+        if Redis lost them (restarted without persistence)."""
+        key = self._instance_key(self.instance_id)
+        body = orjson.dumps({"connections": connections})
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, body, ex=int(TTL_SECONDS))
+            pipe.sadd(f"{self._prefix}:instances", self.instance_id)
+            for sid, kiosk_id in self._own.items():
+                pipe.hset(self._kiosk_key(kiosk_id), sid, self.instance_id)
+            await pipe.execute()
+
+    async def instances(self) -> dict[str, Any]:
+        """Live instances and their connection counts (as of their last heartbeat)."""
+        raw: set[Any] = await self._redis.smembers(f"{self._prefix}:instances")
+        members = sorted(m.decode() for m in raw)
+        if not members:
+            return {}
+        beats = await self._redis.mget([self._instance_key(m) for m in members])
+        dead = [m for m, beat in zip(members, beats, strict=True) if beat is None]
+        if dead:
+            await self._redis.srem(f"{self._prefix}:instances", *dead)
+        return {
+            m: orjson.loads(beat)
+            for m, beat in zip(members, beats, strict=True)
+            if beat is not None
+        }
+
+    async def run(self, connections: Callable[[], dict[str, int]]) -> None:
+        """Background task: heartbeat until cancelled."""
+        while True:
+            try:
+                await self.heartbeat(connections())
+            except (RedisError, OSError) as exc:
+                server_logger.warning("presence heartbeat failed: %s", exc)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def close(self) -> None:
+        """Leave the cluster now rather than when the heartbeat expires."""
+        with contextlib.suppress(RedisError, OSError):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.delete(self._instance_key(self.instance_id))
+                pipe.srem(f"{self._prefix}:instances", self.instance_id)
+                for sid, kiosk_id in self._own.items():
+                    pipe.hdel(self._kiosk_key(kiosk_id), sid)
+                await pipe.execute()
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.aclose()
