@@ -196,6 +196,8 @@ class Hub:
                     conn.principal.sub,
                 )
                 await sio.disconnect(conn.sid, namespace=conn.namespace)
+                # its Engine.IO writer may be stuck on the socket: free it too
+                self._sender.abort(conn.eio_sid)
 
 
 class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
