@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ class Tracker:
         self.violations: list[str] = []
         self.generations: list[list[int]] = []  # seqs before each `recovered: false`
         self._replayed: list[dict[str, Any]] = []
+        self.arrivals: dict[int, float] = {}  # seq -> perf_counter() of live events
         self.changed = asyncio.Event()
         self.sio.on(event, self._on_event, namespace=namespace)
         self.sio.on("replay_complete", self._on_complete, namespace=namespace)
@@ -76,6 +78,7 @@ class Tracker:
         if event.get("replayed"):
             self._replayed.append(event)  # judged once replay_complete says what they are
         else:
+            self.arrivals[event["seq"]] = time.perf_counter()
             self._take(event)
 
     def _take(self, event: dict[str, Any]) -> None:
