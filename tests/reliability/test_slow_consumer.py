@@ -12,7 +12,10 @@ import time
 
 import aiohttp
 import orjson
+import pytest
 
+from lockerbus.config import load_settings
+from lockerbus.errors import ConfigError
 from tests.reliability.clients import LOCKERS, Tracker
 from tests.reliability.conftest import HEAVY, record
 from tests.reliability.proc import stored_events
@@ -105,3 +108,11 @@ async def test_a_client_that_stops_reading_is_dropped_and_others_keep_up(
         fast_client_p99_delay_ms=round(p99 * 1000, 1),
         server_rss_growth_mib=round(rss_growth / 2**20, 1),
     )
+
+
+def test_a_replay_larger_than_the_send_queue_is_refused_at_start_up() -> None:
+    """Otherwise every client with a large gap is dropped mid-replay, reconnects, and loops."""
+    env = {"LOCKERBUS_REPLAY_BUFFER_SIZE": "300", "LOCKERBUS_MAX_SEND_QUEUE": "200"}
+    with pytest.raises(ConfigError, match=r"replay_buffer_size.*max_send_queue"):
+        load_settings(env=env)
+    assert load_settings(env={**env, "LOCKERBUS_MAX_SEND_QUEUE": "301"}).max_send_queue == 301
