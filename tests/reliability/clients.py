@@ -126,6 +126,7 @@ class Publisher:
     server: ServerProcess
     via: str  # "http" | "socket"
     kiosk: str
+    interval: float = 0.0  # seconds between publishes: a paced stream, not a flood
     acked: list[dict[str, Any]] = field(default_factory=list)
     failed: int = 0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -167,6 +168,8 @@ class Publisher:
                             self._ack(body)
                         else:
                             self.failed += 1
+                    if self.interval:
+                        await asyncio.sleep(self.interval)
                 except (aiohttp.ClientError, TimeoutError):
                     self.failed += 1
                     await asyncio.sleep(0.05)  # back off while the server is down
