@@ -304,6 +304,16 @@ class LockerbusServer(socketio.AsyncServer):  # type: ignore[misc]
 
     gateway: SocketGateway
 
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        # python-socketio logs a traceback for a frame it cannot decode (an
+        # integer over 100 digits, JSON nested too deep, a bad packet type)
+        # and drops it: an ack-waiting client would hang.  Close it instead.
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except Exception as exc:
+            server_logger.warning("closing eio_sid=%s: malformed packet: %.200s", eio_sid, exc)
+            self.gateway.cut(eio_sid)
+
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
         namespace = namespace or "/"
@@ -344,8 +354,9 @@ class SocketGateway:
             **kwargs,
         )
         self.sio.gateway = self
+        self.sender = Sender(self.sio.eio, settings.max_send_queue)
         self.hub = Hub(
-            Sender(self.sio.eio, settings.max_send_queue),
+            self.sender,
             metrics,
             max_pending=settings.max_send_queue,
         )
@@ -363,6 +374,11 @@ class SocketGateway:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def cut(self, eio_sid: str) -> None:
+        """Close one client's whole connection (every namespace on it), now."""
+        if not self.sender.abort(eio_sid):
+            self.spawn(self.sio.eio.disconnect(eio_sid))
 
     def connection(self, namespace: str, sid: str) -> Connection:
         conn = self.hub.get(namespace, sid)
