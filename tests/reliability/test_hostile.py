@@ -1,0 +1,315 @@
+"""Hostile input: fuzzed payloads through real clients, malformed frames, bad HTTP, bad tokens.
+
+Whatever arrives, the server answers with a contract error or closes that
+connection; it never crashes (no traceback in its log), never stores an
+event that does not deserialize, and other clients keep being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from engineio import json as engineio_json
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lockerbus.service import EventService
+from tests.reliability.clients import LOCKERS, Tracker
+from tests.reliability.conftest import HEAVY, record
+from tests.reliability.loopthread import LoopThread
+from tests.reliability.proc import ServerProcess, stored_events
+from tests.reliability.rawsio import RawSocket
+from tests.support import Client, connect, locker_event
+
+EXAMPLES = 400 if HEAVY else 60
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+CODES = {
+    "validation_error",
+    "unknown_type",
+    "forbidden",
+    "bad_request",
+    "payload_too_large",
+    "rate_limited",
+    "store_unavailable",
+    "unsupported_version",
+    "unauthorized",
+}
+HELP, EVENTS = "/ws/help", "/ws/events"
+
+# -- strategies ---------------------------------------------------------------
+
+edge_text = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        ["", "\x00", "\ud800", "\udfff", "\u202e", "\ufeff", "é" * 300, "😀" * 70, "a" * 70_000]
+    ),
+)
+edge_numbers = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([2**63, -(2**63) - 1, 10**400 // 10**300, 1e308, -0.0]),
+)
+leaves = st.one_of(st.none(), st.booleans(), edge_numbers, edge_text)
+json_values = st.recursive(
+    leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(edge_text, inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def nested(depth: int) -> Any:
+    value: Any = "deep"
+    for _ in range(depth):
+        value = {"a": [value]}
+    return value
+
+
+deep_values = st.sampled_from([nested(150), nested(400)])  # the client's json caps depth
+hostile_values = st.one_of(json_values, deep_values)
+
+EVENT_TYPES = [
+    "locker_state_changed",
+    "help_requested",
+    "help_status_updated",
+    "system_status",
+    "command_applied",
+    "connection",
+]
+
+
+@st.composite
+def mutated_locker_event(draw: st.DrawFn) -> Any:
+    """A valid publish with one part replaced: the interesting inputs are near-valid."""
+    body: dict[str, Any] = locker_event(draw(st.integers(0, 9)))
+    where = draw(st.sampled_from(["type", "data", "room", "version", "field", "extra"]))
+    if where == "field":
+        key = draw(st.sampled_from([*body["data"], "metadata", "userId", "reason"]))
+        body["data"][key] = draw(hostile_values)
+    elif where == "extra":
+        body[draw(edge_text)] = draw(hostile_values)
+    else:
+        body[where] = draw(st.one_of(hostile_values, st.sampled_from(EVENT_TYPES)))
+    return body
+
+
+publish_payloads = st.one_of(
+    hostile_values,
+    mutated_locker_event(),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(EVENT_TYPES), "data": hostile_values},
+        optional={"room": hostile_values, "version": hostile_values},
+    ),
+)
+
+
+def decodable(text: str) -> bool:
+    """Whether python-socketio's JSON reads ``text``."""
+    try:
+        engineio_json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+# -- the harness ----------------------------------------------------------------
+
+
+CLOSED = {"closed": True}  # what call() returns when the server closed the connection
+
+
+class Hostile:
+    """A server, a fuzzing client and a bystander that must not notice anything."""
+
+    def __init__(self, server: ServerProcess, loop: LoopThread) -> None:
+        self.server, self.loop = server, loop
+        self.fuzzer = self._connect("gateway", "gateway-1", [LOCKERS, HELP, EVENTS])
+        self.kiosk = self._connect("kiosk", "kiosk-7", [LOCKERS, EVENTS])
+        self.bystander = loop.run(Tracker(server, "panel-bystander").connect())
+        self.closed = 0
+
+    def _connect(self, role: str, sub: str, namespaces: list[str]) -> Client:
+        return self.loop.run(
+            connect(self.server, namespaces, role=role, sub=sub, auth={"replay": False})
+        )
+
+    def call(self, client: Client, event: str, payload: Any, namespace: str) -> Any:
+        """The ack, or CLOSED when the server closed this client's connection instead."""
+
+        async def call_or_closed() -> Any:
+            call = asyncio.ensure_future(client.sio.call(event, payload, namespace=namespace))
+            gone = asyncio.ensure_future(
+                client.wait_for(lambda: "disconnect" in client.names(namespace))
+            )
+            await asyncio.wait({call, gone}, return_when=asyncio.FIRST_COMPLETED)
+            gone.cancel()
+            if call.done():
+                return call.result()
+            call.cancel()
+            return CLOSED
+
+        answer = self.loop.run(call_or_closed())
+        if answer is CLOSED:  # allowed; carry on with a fresh connection
+            self.closed += 1
+            self.loop.run(client.close())
+            fresh = (
+                self._connect("kiosk", "kiosk-7", [LOCKERS, EVENTS])
+                if client is self.kiosk
+                else self._connect("gateway", "gateway-1", [LOCKERS, HELP, EVENTS])
+            )
+            client.sio, client.received = fresh.sio, fresh.received
+            client._changed = fresh._changed
+        return answer
+
+    def check_answer(self, answer: Any) -> None:
+        """``{ok: true, event}``, ``{ok: false, error: {code, message}}`` or a close."""
+        if answer is CLOSED:
+            return
+        assert isinstance(answer, dict), answer
+        if answer.get("ok") is True:
+            EventService().deserialize(answer["event"])
+            return
+        assert answer.get("ok") is False, answer
+        error = answer["error"]
+        assert error["code"] in CODES, error
+        assert isinstance(error["message"], str) and error["message"], error
+
+    def check_server(self) -> None:
+        """Still serving; everything stored deserializes; the bystander saw it all in order."""
+        assert self.server.healthy()
+        service = EventService()
+        for namespace in (LOCKERS, HELP, EVENTS):
+            stored, _ = self.loop.run(stored_events(self.server, namespace))
+            for event in stored:
+                service.deserialize(event)
+        answer = self.call(self.fuzzer, "publish", locker_event(1), LOCKERS)
+        assert answer["ok"] is True, answer
+        self.loop.run(self.bystander.wait_until(answer["event"]["seq"]))
+        assert self.bystander.violations == []
+        stored, _ = self.loop.run(stored_events(self.server, LOCKERS))
+        assert self.bystander.seqs == [e["seq"] for e in stored]
+        assert not self.server.crashes(), self.server.log()
+
+    def close(self) -> None:
+        for client in (self.fuzzer, self.kiosk, self.bystander):
+            self.loop.run(client.close())
+
+
+@pytest.fixture
+def hostile(server_process) -> Iterator[Hostile]:
+    loop = LoopThread()
+    harness = Hostile(server_process("memory"), loop)
+    try:
+        yield harness
+        harness.check_server()
+    finally:
+        harness.close()
+        loop.close()
+
+
+# -- fuzzing through real clients ---------------------------------------------
+
+
+def test_fuzz_publish(hostile: Hostile) -> None:
+    @FUZZ
+    @given(payload=publish_payloads, namespace=st.sampled_from([LOCKERS, HELP, EVENTS]))
+    def publish(payload: Any, namespace: str) -> None:
+        hostile.check_answer(hostile.call(hostile.fuzzer, "publish", payload, namespace))
+
+    publish()
+    record("hostile", publish_examples=EXAMPLES)
+
+
+def test_fuzz_publish_as_a_kiosk(hostile: Hostile) -> None:
+    @FUZZ
+    @given(payload=publish_payloads)
+    def publish(payload: Any) -> None:
+        answer = hostile.call(hostile.kiosk, "publish", payload, LOCKERS)
+        hostile.check_answer(answer)
+        if answer.get("ok"):  # a kiosk only ever publishes for itself
+            data = answer["event"]["data"]
+            assert data.get("kioskId", data.get("kiosk_id", "kiosk-7")) == "kiosk-7"
+
+    publish()
+
+
+def test_fuzz_subscribe_and_command(hostile: Hostile) -> None:
+    @FUZZ
+    @given(
+        event=st.sampled_from(["subscribe", "unsubscribe", "command"]),
+        payload=st.one_of(
+            hostile_values,
+            st.fixed_dictionaries({"room": hostile_values}),
+            st.fixed_dictionaries(
+                {"type": st.sampled_from(["open", "reset"]), "kioskId": hostile_values},
+                optional={"lockerId": hostile_values, "parameters": hostile_values},
+            ),
+        ),
+    )
+    def call(event: str, payload: Any) -> None:
+        answer = hostile.call(hostile.fuzzer, event, payload, EVENTS)
+        if event == "command" and answer.get("ok"):
+            # nothing answers for a kiosk that is not connected
+            assert answer["event"]["data"]["result"]["success"] is False
+        hostile.check_answer(answer)
+
+    call()
+
+
+def test_fuzz_connect_auth(hostile: Hostile) -> None:
+    async def attempt(auth: Any) -> str | None:
+        """The server's answer to CONNECT with ``auth``; None when it closed the connection."""
+        raw = await RawSocket.open(hostile.server.url)
+        text = json.dumps(auth)  # Python's json, as python-socketio: NaN, big ints, surrogates
+        try:
+            await raw.send(f"40{LOCKERS},{text}")
+            return await raw.recv()
+        except ConnectionError:
+            return None
+        finally:
+            await raw.close()
+
+    valid = hostile.server.token("panel")
+
+    @FUZZ
+    @given(
+        auth=st.one_of(
+            hostile_values,
+            st.fixed_dictionaries(
+                {"token": st.one_of(hostile_values, st.just(valid))},
+                optional={
+                    "last_seq": hostile_values,
+                    "epoch": hostile_values,
+                    "since": hostile_values,
+                    "replay": hostile_values,
+                },
+            ),
+        )
+    )
+    def connect_with(auth: Any) -> None:
+        answer = hostile.loop.run(attempt(auth))
+        if answer is None:
+            # only for a frame Socket.IO cannot read: `40/ns,0.0` parses 0 as an ack id,
+            # its JSON refuses integers over 100 digits
+            assert not isinstance(auth, dict) or not decodable(json.dumps(auth)), auth
+            return
+        if answer.startswith(f"40{LOCKERS},"):
+            assert isinstance(auth, dict) and auth.get("token") == valid
+            return
+        assert answer.startswith(f"44{LOCKERS},"), answer
+        error = orjson.loads(answer.split(",", 1)[1])
+        assert error["message"] in {"unauthorized", "bad_request", "forbidden"}, error
+        assert error["data"]["code"] == error["message"]
+
+    connect_with()
