@@ -21,6 +21,8 @@ from typing import Any, Final
 import orjson
 from engineio import packet as eio_packet
 
+from .log import server_logger
+
 TESTED_ENGINEIO: Final = ("4.",)
 
 _FAST = version("python-engineio").startswith(TESTED_ENGINEIO)
@@ -52,7 +54,19 @@ def _track_websockets(eio: Any, transports: weakref.WeakKeyDictionary[Any, Any])
             request = environ.get("aiohttp.request")
             if owner is not None and request is not None and request.transport is not None:
                 transports[owner] = request.transport
-            return await super().__call__(environ)
+            try:
+                return await super().__call__(environ)
+            except Exception as exc:
+                # Engine.IO's read loop lets a frame it cannot decode (empty, an
+                # unknown packet type, JSON nested too deep) escape, skipping its
+                # own cleanup: the writer task and the Socket.IO session would
+                # linger until the ping timeout.  Finish that cleanup here.
+                server_logger.warning("closing websocket: malformed frame: %.200s", exc)
+                if owner is None:
+                    raise
+                await owner.queue.put(None)  # ends the writer, which closes the websocket
+                await owner.close(wait=False, abort=True, reason=eio.reason.TRANSPORT_ERROR)
+                return self._sock
 
     # a copy: the driver's table is shared by every server in the process
     eio._async = {**eio._async, "websocket": TrackedWebSocket}
