@@ -313,3 +313,51 @@ def test_fuzz_connect_auth(hostile: Hostile) -> None:
         assert error["data"]["code"] == error["message"]
 
     connect_with()
+
+
+# -- malformed Socket.IO / Engine.IO frames over a bare websocket ---------------
+
+FRAME_PREFIXES = [
+    "", "0", "1", "2", "3", "4", "5", "6", "7", "40", "41", "42", "43", "44", "45", "46", "49",
+    f"40{LOCKERS},", f"41{LOCKERS},", f"42{LOCKERS},", f"42{LOCKERS},7", f"43{LOCKERS},7",
+    f"451-{LOCKERS},", "40/nope,", "42/nope,", "4/,", "2probe", "5probe",
+]  # fmt: skip
+deep_json = st.integers(100, 5000).map(lambda n: "[" * n + "]" * n)
+frames = st.one_of(
+    st.builds(
+        lambda prefix, body: prefix + body,
+        st.sampled_from(FRAME_PREFIXES),
+        st.one_of(st.text(max_size=80), json_values.map(json.dumps), deep_json),
+    ),
+    st.binary(max_size=64),
+)
+
+
+def test_fuzz_raw_frames(hostile: Hostile) -> None:
+    token = hostile.server.token("panel", "panel-raw")
+
+    async def attempt(frame: str | bytes) -> None:
+        raw = await RawSocket.open(hostile.server.url)
+        try:
+            assert (await raw.join(LOCKERS, {"token": token, "replay": False})).startswith("40")
+            assert "replay_complete" in await raw.recv()
+            await raw.send(frame)
+            # then a well-formed call: it is answered, or the connection was closed
+            await raw.send(f'40{HELP},{{"token": "{token}", "replay": false}}')
+            while True:
+                try:
+                    text = await raw.recv()
+                except ConnectionError:
+                    return  # closed: allowed
+                if text.startswith(f"40{HELP},"):
+                    return  # still served
+                assert not text.startswith(f"44{HELP},"), text
+        finally:
+            await raw.close()
+
+    @FUZZ
+    @given(frame=frames)
+    def send(frame: str | bytes) -> None:
+        hostile.loop.run(attempt(frame))
+
+    send()
