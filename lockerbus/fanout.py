@@ -24,6 +24,7 @@ from engineio import packet as eio_packet
 from .log import server_logger
 
 TESTED_ENGINEIO: Final = ("4.",)
+_EIO_PACKET_TYPES: Final = frozenset("0123456b")  # open..noop; "b": base64 binary
 
 _FAST = version("python-engineio").startswith(TESTED_ENGINEIO)
 
@@ -67,6 +68,15 @@ def _track_websockets(eio: Any, transports: weakref.WeakKeyDictionary[Any, Any])
                 await owner.queue.put(None)  # ends the writer, which closes the websocket
                 await owner.close(wait=False, abort=True, reason=eio.reason.TRANSPORT_ERROR)
                 return self._sock
+
+        async def wait(self) -> Any:
+            data = await super().wait()
+            if isinstance(data, str) and (not data or data[0] not in _EIO_PACKET_TYPES):
+                # Engine.IO would log a traceback per such frame and keep reading;
+                # an OSError here takes its own clean "connection lost" path.
+                server_logger.warning("closing websocket: not an Engine.IO frame: %.40r", data)
+                raise OSError("not an Engine.IO frame")
+            return data
 
     # a copy: the driver's table is shared by every server in the process
     eio._async = {**eio._async, "websocket": TrackedWebSocket}

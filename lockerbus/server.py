@@ -207,6 +207,14 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         super().__init__(namespace)
         self.gw = gateway
 
+    async def trigger_event(self, event: Any, *args: Any) -> Any:
+        if not isinstance(event, str):
+            # python-socketio would fail on it with a traceback and never ack
+            server_logger.info("event with a non-string name refused namespace=%s", self.namespace)
+            error = BadRequestError("an event name must be a string")
+            return {"ok": False, "error": error.to_wire()}
+        return await super().trigger_event(event, *args)
+
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
         # No await before the decision and the "replaying" mark: see module docstring.
         gw, ns = self.gw, self.namespace
