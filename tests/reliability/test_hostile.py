@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
+import jwt
 import orjson
 import pytest
 from engineio import json as engineio_json
@@ -24,7 +27,7 @@ from tests.reliability.conftest import HEAVY, record
 from tests.reliability.loopthread import LoopThread
 from tests.reliability.proc import ServerProcess, stored_events
 from tests.reliability.rawsio import RawSocket
-from tests.support import Client, connect, locker_event
+from tests.support import SECRET, Client, connect, locker_event
 
 EXAMPLES = 400 if HEAVY else 60
 FUZZ = settings(
@@ -361,3 +364,111 @@ def test_fuzz_raw_frames(hostile: Hostile) -> None:
         hostile.loop.run(attempt(frame))
 
     send()
+
+
+# -- HTTP and tokens ----------------------------------------------------------
+
+
+def forged(role: str, sub: str, **claims: Any) -> str:
+    body = {"sub": sub, "role": role, "exp": int(time.time()) + 600, **claims}
+    return jwt.encode(body, "another-secret-" + "y" * 40, algorithm="HS256")
+
+
+def unsigned(role: str, sub: str) -> str:
+    body = {"sub": sub, "role": role, "exp": int(time.time()) + 600}
+    return jwt.encode(body, None, algorithm="none")  # type: ignore[arg-type]
+
+
+async def test_http_and_token_abuse(server_process) -> None:
+    server = server_process("memory")
+    url = f"{server.url}/api/events"
+    expired = jwt.encode(
+        {"sub": "gateway-1", "role": "gateway", "exp": int(time.time()) - 5}, SECRET, "HS256"
+    )
+    bystander = await Tracker(server, "panel-bystander").connect()
+    cases: list[tuple[str, dict[str, str], bytes | None, int, str]] = [
+        ("invalid JSON", server.headers(), b'{"type": ', 400, "bad_request"),
+        ("not an object", server.headers(), b"[1, 2]", 400, "bad_request"),
+        ("oversized body", server.headers(), b'{"x": "' + b"a" * 300_000 + b'"}', 413, ""),
+        ("no token", {}, orjson.dumps(locker_event(1)), 401, "unauthorized"),
+        ("forged", {"Authorization": f"Bearer {forged('admin', 'admin')}"}, orjson.dumps(locker_event(1)), 401, "unauthorized"),
+        ("alg none", {"Authorization": f"Bearer {unsigned('admin', 'admin')}"}, orjson.dumps(locker_event(1)), 401, "unauthorized"),
+        ("expired", {"Authorization": f"Bearer {expired}"}, orjson.dumps(locker_event(1)), 401, "unauthorized"),
+        ("garbage token", {"Authorization": "Bearer a.b.c"}, orjson.dumps(locker_event(1)), 401, "unauthorized"),
+        ("other kiosk", server.headers("kiosk", "kiosk-2"), orjson.dumps(locker_event(1, "kiosk-1")), 403, "forbidden"),
+        ("kiosk names a room", server.headers("kiosk", "kiosk-1"), orjson.dumps({**locker_event(1), "room": "kiosk:kiosk-9"}), 403, "forbidden"),
+    ]  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        for name, headers, body, status, code in cases:
+            async with http.post(
+                url, data=body, headers={**headers, "Content-Type": "application/json"}
+            ) as resp:
+                assert resp.status == status, (name, resp.status, await resp.text())
+                if code:
+                    assert (await resp.json())["error"]["code"] == code, name
+
+        # a body streamed without Content-Length is cut off at the limit too
+        async def chunks() -> Any:
+            for _ in range(40):
+                yield b"a" * 16384
+
+        async with http.post(url, data=chunks(), headers=server.headers()) as resp:
+            assert resp.status == 413
+        async with http.get(
+            f"{server.url}/api/stats", headers=server.headers("kiosk", "kiosk-1")
+        ) as resp:
+            assert resp.status == 403
+
+    # over a socket: a kiosk cannot act as another one, nor connect with a forged token
+    kiosk = await connect(server, LOCKERS, role="kiosk", sub="kiosk-2", auth={"replay": False})
+    answer = await kiosk.call("publish", locker_event(1, "kiosk-1"), LOCKERS)
+    assert answer["error"]["code"] == "forbidden"
+    answer = await kiosk.call("command", {"type": "open", "kioskId": "kiosk-1"}, LOCKERS)
+    assert answer["ok"] is False
+    await kiosk.close()
+    for token in (forged("admin", "admin"), unsigned("admin", "admin"), expired):
+        refused = await connect(server, LOCKERS, token=token, expect_refusal=True)
+        await refused.wait_for(lambda r=refused: LOCKERS in r.connect_errors)
+        assert refused.connect_errors[LOCKERS]["data"]["code"] == "unauthorized"
+        await refused.close()
+
+    # nothing of that was stored; the bystander is still served
+    stored, _ = await stored_events(server, LOCKERS)
+    assert stored == []
+    async with aiohttp.ClientSession() as http:
+        status, _ = await post(http, server, locker_event(1))
+    assert status == 201
+    await bystander.wait_until(1)
+    assert bystander.seqs == [1]
+    await bystander.close()
+
+
+async def post(http: aiohttp.ClientSession, server: ServerProcess, body: Any) -> tuple[int, Any]:
+    async with http.post(f"{server.url}/api/events", json=body, headers=server.headers()) as r:
+        return r.status, await r.json()
+
+
+async def test_named_malformed_frames_get_an_answer_or_a_close(server_process) -> None:
+    """The frames the fuzzer found, pinned: each is answered or its connection closed."""
+    server = server_process("memory")
+    token = server.token("panel")
+
+    async def joined() -> RawSocket:
+        raw = await RawSocket.open(server.url)
+        assert (await raw.join(LOCKERS, {"token": token, "replay": False})).startswith("40")
+        assert "replay_complete" in await raw.recv()
+        return raw
+
+    raw = await joined()  # an event name that is not a string: answered bad_request
+    await raw.send(f'42{LOCKERS},5[["publish"],{{}}]')
+    answer = await raw.recv()
+    assert answer.startswith(f"43{LOCKERS},5"), answer
+    assert orjson.loads(answer.split(",", 1)[1][1:])[0]["error"]["code"] == "bad_request"
+    await raw.close()
+    for frame in ["7", "9x", "", "4" + "[" * 3000 + "]" * 3000, f"42{LOCKERS},1" + "0" * 120]:
+        raw = await joined()
+        await raw.send(frame)
+        with pytest.raises(ConnectionError):
+            await raw.recv()
+        await raw.close()
+    assert server.healthy()
