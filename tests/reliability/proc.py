@@ -56,8 +56,10 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         """Start the process and return once GET /healthz answers 200."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
+        # only the settings given here: the suite's own LOCKERBUS_HEAVY etc. are not settings
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("LOCKERBUS_")}
         env = {
-            **os.environ,
+            **inherited,
             "LOCKERBUS_SECRET": SECRET,
             "LOCKERBUS_STORE": self.store,
             "LOCKERBUS_LOG_LEVEL": "WARNING",

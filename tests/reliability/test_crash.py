@@ -20,7 +20,9 @@ AFTER_RESTART = 1000 if HEAVY else 100
 
 
 async def test_sqlite_crash_keeps_every_acknowledged_event(server_process, tmp_path: Path) -> None:
-    server = server_process(f"sqlite:///{tmp_path / 'events.db'}", replay_buffer_size=10_000)
+    server = server_process(
+        f"sqlite:///{tmp_path / 'events.db'}", replay_buffer_size=10_000, max_send_queue=20_000
+    )
     trackers = [await Tracker(server, f"panel-{i}").connect() for i in range(3)]
     http_pub = Publisher(server, "http", "kiosk-h")
     sock_pub = Publisher(server, "socket", "kiosk-s")
