@@ -87,6 +87,9 @@ class Connection:
     rooms: set[str] = field(default_factory=set)
     replaying: bool = True
     pending: list[Event] = field(default_factory=list)
+    #: the newest seq its replay covered: a store read can see an event whose
+    #: append has not returned (so not been broadcast) yet; it must not come twice
+    floor: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     bucket: TokenBucket | None = None
 
@@ -165,6 +168,8 @@ class Hub:
                 conn.pending.append(event)
                 if len(conn.pending) > self._max_pending:
                     self._overflow(conn)
+            elif event["seq"] <= conn.floor:
+                continue
             elif not self._sender.send(conn.eio_sid, pkt):
                 self._overflow(conn)
         self._metrics.observe_broadcast(time.perf_counter() - accepted_at)
@@ -502,6 +507,7 @@ class SocketGateway:
             },
         )
         pending, conn.pending = conn.pending, []
+        conn.floor = last_seq
         conn.replaying = False
         for event in pending:
             if event["seq"] > last_seq:
