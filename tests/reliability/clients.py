@@ -54,6 +54,7 @@ class Tracker:
         self.changed = asyncio.Event()
         self.sio.on(event, self._on_event, namespace=namespace)
         self.sio.on("replay_complete", self._on_complete, namespace=namespace)
+        self.sio.on("connect", self._on_connect, namespace=namespace)
 
     def auth(self) -> dict[str, Any]:
         """Evaluated on every (re)connect: resume where this client stopped."""
@@ -73,6 +74,9 @@ class Tracker:
             wait_timeout=WAIT,
         )
         return self
+
+    async def _on_connect(self) -> None:
+        self._replayed = []  # a replay cut short by a drop starts over on the new connection
 
     async def _on_event(self, event: dict[str, Any]) -> None:
         if event.get("replayed"):

@@ -66,7 +66,8 @@ async def test_reconnect_storm_after_a_crash(server_process, tmp_path) -> None:
     for tracker in trackers:
         assert tracker.violations == []
         assert tracker.generations == []
-        assert tracker.seqs == list(range(1, last + 1))  # every event exactly once, in order
+        # every event exactly once, in order
+        assert tracker.seqs == list(range(1, last + 1)), (tracker.sub, tracker.completes)
         assert tracker.ids == ids
         assert [c["recovered"] for c in tracker.completes[1:]] == [True]
     replayed = sum(t.completes[1]["count"] for t in trackers)
