@@ -10,12 +10,13 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
 
 from tests.reliability.clients import LOCKERS, Publisher, Tracker
 from tests.reliability.conftest import HEAVY, record
 from tests.reliability.proc import stored_events
 
-CLIENTS = 2000 if HEAVY else 500
+CLIENTS = 1000 if HEAVY else 500
 EVENTS_BEFORE = 10
 EVENTS_TOTAL = 100 if HEAVY else 50
 RATE = 20.0  # events per second: each is delivered to every client, all in this process
@@ -38,6 +39,7 @@ async def newest_seq(server) -> int:
         return int((await resp.json())["last_seq"])
 
 
+@pytest.mark.timeout(600 if HEAVY else 120)
 async def test_reconnect_storm_after_a_crash(server_process, tmp_path) -> None:
     server = server_process(f"sqlite:///{tmp_path / 'storm.db'}")
     trackers = [Tracker(server, f"panel-{i}") for i in range(CLIENTS)]
