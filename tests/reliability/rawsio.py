@@ -6,6 +6,7 @@ malformed frames.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp
@@ -52,7 +53,7 @@ class RawSocket:
 
     async def join(self, namespace: str, auth: dict[str, Any]) -> str:
         """Socket.IO CONNECT to ``namespace``; returns the server's answer (``40...`` or ``44...``)."""
-        await self.ws.send_str(f"40{namespace},{orjson.dumps(auth).decode()}")
+        await self.ws.send_str(f"40{namespace},{json.dumps(auth)}")  # as python-socketio does
         return await self.recv()
 
     async def send(self, text: str | bytes) -> None:

@@ -17,9 +17,9 @@ import aiohttp
 import jwt
 import orjson
 import pytest
-from engineio import json as engineio_json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from socketio import packet as socketio_packet
 
 from lockerbus.service import EventService
 from tests.reliability.clients import LOCKERS, Tracker
@@ -120,13 +120,19 @@ publish_payloads = st.one_of(
 )
 
 
-def decodable(text: str) -> bool:
-    """Whether python-socketio's JSON reads ``text``."""
+MAX_FRAME = 65_536 * 2 + 65_536  # the server's max_http_buffer_size at the default event size
+
+
+def may_close_on(text: str) -> bool:
+    """Whether a CONNECT to /ws/lockers carrying ``text`` may be answered by a close:
+    over the frame limit, or not readable by python-socketio's packet decoder."""
+    if len(f"40{LOCKERS},{text}".encode(errors="surrogatepass")) > MAX_FRAME:
+        return True
     try:
-        engineio_json.loads(text)
-    except ValueError:
-        return False
-    return True
+        socketio_packet.Packet(encoded_packet=f"0{LOCKERS},{text}")
+    except (ValueError, RecursionError):
+        return True
+    return False
 
 
 # -- the harness ----------------------------------------------------------------
@@ -306,9 +312,9 @@ def test_fuzz_connect_auth(hostile: Hostile) -> None:
     def connect_with(auth: Any) -> None:
         answer = hostile.loop.run(attempt(auth))
         if answer is None:
-            # only for a frame Socket.IO cannot read: `40/ns,0.0` parses 0 as an ack id,
-            # its JSON refuses integers over 100 digits
-            assert not isinstance(auth, dict) or not decodable(json.dumps(auth)), auth
+            # only for a frame Socket.IO cannot read (`40/ns,0.0` parses 0 as an ack id,
+            # its JSON refuses integers over 100 digits) or one over the frame limit
+            assert not isinstance(auth, dict) or may_close_on(json.dumps(auth)), auth
             return
         if answer.startswith(f"40{LOCKERS},"):
             assert isinstance(auth, dict) and auth.get("token") == valid
@@ -479,4 +485,10 @@ async def test_named_malformed_frames_get_an_answer_or_a_close(server_process) -
         with pytest.raises(ConnectionError):
             await raw.recv()
         await raw.close()
+    # a token with a lone surrogate is refused like any bad token, not dropped
+    raw = await RawSocket.open(server.url)
+    answer = await raw.join(LOCKERS, {"token": "\ud800"})
+    assert answer.startswith(f"44{LOCKERS},"), answer
+    assert orjson.loads(answer.split(",", 1)[1])["message"] == "unauthorized"
+    await raw.close()
     assert server.healthy()
