@@ -45,6 +45,9 @@ def verify_token(secret: str, token: Any) -> Principal:
         raise UnauthorizedError("a token is required (auth.token or Authorization: Bearer)")
     if len(token) > 8192:
         raise UnauthorizedError("token is too long")
+    if not token.isascii():
+        # a JWT is ASCII; PyJWT would fail on a lone surrogate with a UnicodeEncodeError
+        raise UnauthorizedError("token is invalid: not a JWT")
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub", "role"]}

@@ -207,6 +207,13 @@ def _check(settings: Settings) -> None:
         "max_send_queue",
     ):
         _positive(settings, key)
+    if settings.replay_buffer_size >= settings.max_send_queue:
+        # a replay is queued at once: one that cannot fit drops every client it is for
+        raise ConfigError(
+            "replay_buffer_size",
+            f"must be below max_send_queue ({settings.max_send_queue}), "
+            f"got {settings.replay_buffer_size}",
+        )
     _positive(settings, "replay_window_minutes", allow_zero=True)
     _positive(settings, "shutdown_grace_seconds", allow_zero=True)
     if settings.log_level not in LOG_LEVELS:

@@ -209,6 +209,8 @@ class Hub:
                     conn.principal.sub,
                 )
                 await sio.disconnect(conn.sid, namespace=conn.namespace)
+                # its Engine.IO writer may be stuck on the socket: free it too
+                self._sender.abort(conn.eio_sid)
 
 
 class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
@@ -217,6 +219,14 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     def __init__(self, namespace: str, gateway: SocketGateway) -> None:
         super().__init__(namespace)
         self.gw = gateway
+
+    async def trigger_event(self, event: Any, *args: Any) -> Any:
+        if not isinstance(event, str):
+            # python-socketio would fail on it with a traceback and never ack
+            server_logger.info("event with a non-string name refused namespace=%s", self.namespace)
+            error = BadRequestError("an event name must be a string")
+            return {"ok": False, "error": error.to_wire()}
+        return await super().trigger_event(event, *args)
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
         # No await before the decision and the "replaying" mark: see module docstring.
@@ -309,6 +319,16 @@ class LockerbusServer(socketio.AsyncServer):  # type: ignore[misc]
 
     gateway: SocketGateway
 
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        # python-socketio logs a traceback for a frame it cannot decode (an
+        # integer over 100 digits, JSON nested too deep, a bad packet type)
+        # and drops it: an ack-waiting client would hang.  Close it instead.
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except Exception as exc:
+            server_logger.warning("closing eio_sid=%s: malformed packet: %.200s", eio_sid, exc)
+            self.gateway.cut(eio_sid)
+
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
         namespace = namespace or "/"
@@ -351,8 +371,9 @@ class SocketGateway:
             **kwargs,
         )
         self.sio.gateway = self
+        self.sender = Sender(self.sio.eio, settings.max_send_queue)
         self.hub = Hub(
-            Sender(self.sio.eio, settings.max_send_queue),
+            self.sender,
             metrics,
             max_pending=settings.max_send_queue,
         )
@@ -379,6 +400,11 @@ class SocketGateway:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def cut(self, eio_sid: str) -> None:
+        """Close one client's whole connection (every namespace on it), now."""
+        if not self.sender.abort(eio_sid):
+            self.spawn(self.sio.eio.disconnect(eio_sid))
 
     def connection(self, namespace: str, sid: str) -> Connection:
         conn = self.hub.get(namespace, sid)
