@@ -45,6 +45,7 @@ class Settings:
     rate_limit_burst: int = 100
     max_connections_per_principal: int = 100
     max_send_queue: int = 5000
+    max_send_buffer_bytes: int = 4 << 20
     log_level: str = "INFO"
     admin_ui: bool = False
     admin_username: str | None = None
@@ -155,6 +156,7 @@ _PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "rate_limit_burst": _parse_int,
     "max_connections_per_principal": _parse_int,
     "max_send_queue": _parse_int,
+    "max_send_buffer_bytes": _parse_int,
     "log_level": lambda key, value: _parse_str(key, value).upper(),
     "admin_ui": _parse_bool,
     "admin_username": _parse_optional_str,
@@ -205,6 +207,7 @@ def _check(settings: Settings) -> None:
         "rate_limit_burst",
         "max_connections_per_principal",
         "max_send_queue",
+        "max_send_buffer_bytes",
     ):
         _positive(settings, key)
     if settings.replay_buffer_size >= settings.max_send_queue:

@@ -1,10 +1,14 @@
 """Encode an event once and hand it to many Engine.IO sockets without a task each.
 
-python-socketio's ``AsyncManager.emit`` starts one asyncio task per recipient.
-Here the Socket.IO packet text is built once per broadcast, wrapped in one
-Engine.IO packet (which caches its own encoding), and put straight on each
-recipient socket's send queue: per-recipient order is the order of the calls,
-and a broadcast is synchronous, so nothing can interleave with it.
+python-socketio's ``AsyncManager.emit`` starts one asyncio task per recipient,
+and Engine.IO's per-socket writer task then wakes once per message (with a
+``wait_for`` timer) to frame and write it.  Here a broadcast is encoded once,
+into one Engine.IO packet and, when first needed, one ready websocket frame.
+For each recipient whose Engine.IO writer is idle (nothing queued, waiting
+for more) the frame is written straight to its TCP transport; otherwise the
+packet goes on the socket's queue behind what is already there.  Either way
+per-recipient order is the order of the calls, and a broadcast is
+synchronous, so nothing can interleave with it.
 
 This reaches into python-engineio's socket (``sockets``, ``queue``,
 ``closed``).  It is isolated here, checked against the versions it was tested
@@ -14,6 +18,7 @@ with, and falls back to the public ``send_packet`` coroutine otherwise.
 from __future__ import annotations
 
 import asyncio
+import struct
 import weakref
 from importlib.metadata import version
 from typing import Any, Final
@@ -29,11 +34,36 @@ _EIO_PACKET_TYPES: Final = frozenset("0123456b")  # open..noop; "b": base64 bina
 _FAST = version("python-engineio").startswith(TESTED_ENGINEIO)
 
 
-def encode_event(namespace: str, name: str, payload: Any) -> eio_packet.Packet:
+class Outgoing:
+    """One encoded message: its Engine.IO packet and, made on first use, its websocket frame."""
+
+    __slots__ = ("_frame", "packet")
+
+    def __init__(self, packet: eio_packet.Packet) -> None:
+        self.packet = packet
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        """The unmasked, uncompressed text frame a server sends (RFC 6455 §5.2)."""
+        if self._frame is None:
+            payload = self.packet.encode().encode()
+            size = len(payload)
+            if size < 126:
+                header = struct.pack("!BB", 0x81, size)
+            elif size < 65536:
+                header = struct.pack("!BBH", 0x81, 126, size)
+            else:
+                header = struct.pack("!BBQ", 0x81, 127, size)
+            self._frame = header + payload
+        return self._frame
+
+
+def encode_event(namespace: str, name: str, payload: Any) -> Outgoing:
     """One Engine.IO MESSAGE carrying Socket.IO EVENT ``name`` with ``payload``."""
     body = orjson.dumps([name, payload]).decode()
     text = f"2{namespace},{body}" if namespace != "/" else f"2{body}"
-    return eio_packet.Packet(eio_packet.MESSAGE, data=text)
+    return Outgoing(eio_packet.Packet(eio_packet.MESSAGE, data=text))
 
 
 def _track_websockets(eio: Any, transports: weakref.WeakKeyDictionary[Any, Any]) -> None:
@@ -85,9 +115,13 @@ def _track_websockets(eio: Any, transports: weakref.WeakKeyDictionary[Any, Any])
 class Sender:
     """Puts ready packets on Engine.IO sockets, in call order."""
 
-    def __init__(self, eio: Any, max_queue: int) -> None:
+    def __init__(self, eio: Any, max_queue: int, max_buffer_bytes: int = 4 << 20) -> None:
         self._eio = eio
         self._max_queue = max_queue
+        self._max_buffer = max_buffer_bytes
+        #: deliveries written straight to a transport / put on an Engine.IO queue
+        self.direct = 0
+        self.queued = 0
         self._pending: set[asyncio.Task[None]] = set()
         self.fast = _FAST and hasattr(eio, "sockets")
         self._transports: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -107,10 +141,10 @@ class Sender:
         transport.abort()
         return True
 
-    def send(self, eio_sid: str, pkt: eio_packet.Packet) -> bool:
-        """Queue ``pkt`` for ``eio_sid``; False when the socket is gone or over its limit."""
+    def send(self, eio_sid: str, out: Outgoing) -> bool:
+        """Send ``out`` to ``eio_sid``; False when the socket is gone or over its limits."""
         if not self.fast:
-            task = asyncio.ensure_future(self._eio.send_packet(eio_sid, pkt))
+            task = asyncio.ensure_future(self._eio.send_packet(eio_sid, out.packet))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
             return True
@@ -118,7 +152,18 @@ class Sender:
         if socket is None or socket.closed:
             return False
         queue = socket.queue
+        transport = self._transports.get(socket)
+        if transport is not None:
+            if transport.is_closing() or transport.get_write_buffer_size() > self._max_buffer:
+                return False
+            # The writer waits in queue.get() only once it has written all it took,
+            # so with nothing queued a frame written now is in order.
+            if not queue._queue and queue._getters and socket.upgraded and not socket.upgrading:
+                transport.write(out.frame)
+                self.direct += 1
+                return True
         if queue.qsize() >= self._max_queue:
             return False
-        queue.put_nowait(pkt)
+        queue.put_nowait(out.packet)
+        self.queued += 1
         return True

@@ -371,7 +371,7 @@ class SocketGateway:
             **kwargs,
         )
         self.sio.gateway = self
-        self.sender = Sender(self.sio.eio, settings.max_send_queue)
+        self.sender = Sender(self.sio.eio, settings.max_send_queue, settings.max_send_buffer_bytes)
         self.hub = Hub(
             self.sender,
             metrics,

@@ -150,6 +150,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "rate_limit_burst": ["0", "1.5"],
     "max_connections_per_principal": ["0"],
     "max_send_queue": ["-5", "4MB"],
+    "max_send_buffer_bytes": ["0", "4MB"],
     "log_level": ["LOUD", "verbose"],
     "admin_ui": ["perhaps", "true"],  # true without username and password
     "shutdown_grace_seconds": ["-1", "later"],

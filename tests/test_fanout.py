@@ -1,0 +1,59 @@
+"""The broadcast fast path: frames written straight to idle websocket transports."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+from engineio import packet as eio_packet
+
+from lockerbus.app import GATEWAY
+from lockerbus.fanout import Outgoing, encode_event
+from tests.support import connect, locker_event
+
+LOCKERS = "/ws/lockers"
+
+
+@pytest.mark.parametrize(
+    ("size", "header_len"), [(10, 2), (125, 2), (126, 4), (65535, 4), (70000, 10)]
+)
+def test_frame_header_follows_rfc6455(size: int, header_len: int) -> None:
+    text = "x" * (size - 1)  # the Engine.IO packet adds its "4"
+    frame = Outgoing(eio_packet.Packet(eio_packet.MESSAGE, data=text)).frame
+    assert frame[0] == 0x81  # FIN, text, no RSV bits (never compressed)
+    assert frame[1] & 0x80 == 0  # a server never masks
+    if header_len == 2:
+        assert frame[1] == size
+    elif header_len == 4:
+        assert frame[1] == 126
+        assert struct.unpack("!H", frame[2:4])[0] == size
+    else:
+        assert frame[1] == 127
+        assert struct.unpack("!Q", frame[2:10])[0] == size
+    assert frame[header_len:] == ("4" + text).encode()
+
+
+def test_encode_event_is_a_socket_io_event_packet() -> None:
+    out = encode_event("/ws/lockers", "locker_state_changed", {"seq": 1})
+    assert out.packet.encode() == '42/ws/lockers,["locker_state_changed",{"seq":1}]'
+
+
+async def test_broadcasts_take_the_direct_path_and_stay_in_order(server) -> None:
+    sender = server.app[GATEWAY].sender
+    clients = []
+    for n in range(3):
+        client = await connect(server, LOCKERS, sub=f"panel-{n}", auth={"replay": False})
+        await client.wait_events(LOCKERS, "replay_complete", 1)
+        clients.append(client)
+    publisher = await connect(server, LOCKERS, role="gateway", auth={"replay": False})
+    before = sender.direct
+    # publish without waiting for each ack: broadcasts, acks and pings interleave
+    acks = await asyncio.gather(
+        *(publisher.call("publish", locker_event(n), LOCKERS) for n in range(200))
+    )
+    assert all(a["ok"] for a in acks)
+    for client in clients:
+        got = await client.wait_events(LOCKERS, "locker_state_changed", 200)
+        assert [e["seq"] for e in got] == list(range(1, 201))
+    assert sender.direct - before >= 3 * 100, "most deliveries should skip the writer task"
