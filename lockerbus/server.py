@@ -91,12 +91,29 @@ class Connection:
     rooms: set[str] = field(default_factory=set)
     replaying: bool = True
     pending: list[Event] = field(default_factory=list)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
     bucket: TokenBucket | None = None
     #: every event of the namespace up to here that was meant for this connection was sent
     last_seq: int = 0
-    #: held while the connection is caught up (connect replay, subscribe gap-fill)
-    catching_up: asyncio.Lock = field(default_factory=asyncio.Lock)
+    gone: bool = False
+    # made on first use: a thousand idle connections should not carry them
+    _closed: asyncio.Event | None = None
+    _catching_up: asyncio.Lock | None = None
+
+    @property
+    def closed(self) -> asyncio.Event:
+        """Set once the connection is gone (a command waiting on its kiosk stops)."""
+        if self._closed is None:
+            self._closed = asyncio.Event()
+            if self.gone:
+                self._closed.set()
+        return self._closed
+
+    @property
+    def catching_up(self) -> asyncio.Lock:
+        """Held while the connection is caught up (connect replay, subscribe gap-fill)."""
+        if self._catching_up is None:
+            self._catching_up = asyncio.Lock()
+        return self._catching_up
 
 
 class Hub:
@@ -122,7 +139,9 @@ class Hub:
     def remove(self, conn: Connection) -> None:
         if self.connections[conn.namespace].pop(conn.sid, None) is None:
             return
-        conn.closed.set()
+        conn.gone = True
+        if conn._closed is not None:
+            conn._closed.set()
         sub = conn.principal.sub
         left = self._per_principal.get(sub, 1) - 1
         if left:
@@ -248,7 +267,6 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.to_wire()) from None
         eio_sid = gw.sio.manager.eio_sid_from_sid(sid, ns)
         conn = Connection(sid, eio_sid, ns, principal, replay)
-        conn.bucket = TokenBucket(gw.settings.rate_limit_per_second, gw.settings.rate_limit_burst)
         gw.hub.add(conn)
         if principal.role == "kiosk" and ns == EVENTS_NS:
             gw.hub.join(conn, KIOSK_ROOM_PREFIX + principal.sub)
@@ -295,7 +313,7 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def _publish(self, sid: str, payload: Any) -> dict[str, Any]:
         conn = self.gw.connection(self.namespace, sid)
         event = await self.gw.bus.publish_request(
-            payload, principal=conn.principal, bucket=conn.bucket
+            payload, principal=conn.principal, bucket=self.gw.bucket(conn)
         )
         return {"ok": True, "event": event}
 
@@ -405,6 +423,14 @@ class SocketGateway:
         """Close one client's whole connection (every namespace on it), now."""
         if not self.sender.abort(eio_sid):
             self.spawn(self.sio.eio.disconnect(eio_sid))
+
+    def bucket(self, conn: Connection) -> TokenBucket:
+        """The connection's publish rate bucket, made on its first publish."""
+        if conn.bucket is None:
+            conn.bucket = TokenBucket(
+                self.settings.rate_limit_per_second, self.settings.rate_limit_burst
+            )
+        return conn.bucket
 
     def connection(self, namespace: str, sid: str) -> Connection:
         conn = self.hub.get(namespace, sid)
