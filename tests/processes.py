@@ -1,11 +1,20 @@
-"""A real ``lockerbus serve`` process on a free 127.0.0.1 port, for crash and signal tests."""
+"""A lockerbus server as a real child process: start, wait for /healthz, kill, restart.
+
+Crash, signal, cluster and reliability tests need servers they can kill, so
+those run as processes (``<venv>/bin/lockerbus serve``), not in the test's
+event loop.  One class serves them all.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,86 +22,151 @@ from typing import Any
 import aiohttp
 
 from lockerbus.auth import issue_token
-from tests.support import SECRET, free_port
+from tests.support import SECRET, free_port, post_event
 
-LOCKERBUS = str(Path(sys.executable).with_name("lockerbus"))
+LOCKERBUS = Path(sys.executable).with_name("lockerbus")
+START_TIMEOUT = 15.0
 
 
 @dataclass
 class ServerProcess:
-    """One ``lockerbus serve`` subprocess and the settings it was started with."""
+    """One ``lockerbus serve`` on 127.0.0.1:``port``; restartable on the same port."""
 
-    env: dict[str, str]
+    store: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
-    proc: asyncio.subprocess.Process | None = None
-    output: list[str] = field(default_factory=list)
-    _reader: asyncio.Task[None] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
 
+    # the duck-typed surface tests.support.connect() uses
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def token(self, role: str = "gateway", sub: str | None = None) -> str:
-        return issue_token(SECRET, role, sub or f"{role}-1", 600)
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def token(self, role: str = "gateway", sub: str | None = None, ttl: float = 600) -> str:
+        return issue_token(SECRET, role, sub or f"{role}-1", ttl)
 
     def headers(self, role: str = "gateway", sub: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(role, sub)}"}
 
-    async def start(self, timeout: float = 20.0) -> None:
-        env = {**os.environ, "LOCKERBUS_SECRET": SECRET, **self.env}
-        self.proc = await asyncio.create_subprocess_exec(
-            LOCKERBUS,
-            "serve",
-            "--port",
-            str(self.port),
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        self._reader = asyncio.ensure_future(self._collect())
-        async with aiohttp.ClientSession() as http:
-            deadline = asyncio.get_running_loop().time() + timeout
-            while True:
-                if self.proc.returncode is not None:
-                    raise RuntimeError("server exited at start:\n" + "".join(self.output))
-                try:
-                    async with http.get(f"{self.url}/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientConnectionError:
-                    pass
-                if asyncio.get_running_loop().time() > deadline:
-                    raise TimeoutError("server did not answer /healthz:\n" + "".join(self.output))
-                await asyncio.sleep(0.05)  # polling a process that is starting: nothing to await
+    def start(self) -> ServerProcess:
+        """Start the process and return once GET /healthz answers 200."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        # only the settings given here: the suite's own LOCKERBUS_HEAVY etc. are not settings
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("LOCKERBUS_")}
+        env = {
+            **inherited,
+            "LOCKERBUS_SECRET": SECRET,
+            "LOCKERBUS_STORE": self.store,
+            "LOCKERBUS_LOG_LEVEL": "WARNING",
+            # the suite publishes far above the production default rate limit
+            "LOCKERBUS_RATE_LIMIT_PER_SECOND": "1000000",
+            "LOCKERBUS_RATE_LIMIT_BURST": "1000000",
+            "LOCKERBUS_MAX_CONNECTIONS_PER_PRINCIPAL": "100000",
+            **self.env,
+        }
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start {self.starts}\n".encode())
+            self.proc = subprocess.Popen(
+                [str(LOCKERBUS), "serve", "--port", str(self.port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.starts += 1
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lockerbus exited with {self.proc.returncode}:\n{self.log()}")
+            if self.healthy():
+                return self
+            time.sleep(0.05)  # polling a process we do not control: nothing to await
+        self.kill()
+        raise RuntimeError(f"lockerbus did not answer /healthz in {START_TIMEOUT}s:\n{self.log()}")
 
-    async def _collect(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        async for line in self.proc.stdout:
-            self.output.append(line.decode(errors="replace"))
+    async def started(self) -> ServerProcess:
+        """:meth:`start` off the event loop, for tests whose clients share it."""
+        return await asyncio.to_thread(self.start)
 
-    async def signal(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        """Send ``sig`` and wait for the exit status."""
+    async def stopped(self) -> int:
+        """:meth:`terminate` off the event loop (SIGKILL if it overruns); the exit status."""
+        try:
+            return await asyncio.to_thread(self.terminate)
+        except subprocess.TimeoutExpired:
+            return -9
+
+    async def post_event(
+        self, http: aiohttp.ClientSession, body: Any, role: str = "gateway", sub: str | None = None
+    ) -> tuple[int, Any]:
+        return await post_event(self, http, body, role, sub)
+
+    async def get(self, http: aiohttp.ClientSession, path: str) -> tuple[int, Any]:
+        async with http.get(f"{self.url}{path}", headers=self.headers("admin")) as resp:
+            return resp.status, await resp.json()
+
+    def healthy(self) -> bool:
+        """Whether GET /healthz answers 200 right now."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no goodbye; what a crash or the OOM killer does."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 15) -> int:
+        """SIGTERM and wait for the graceful stop; returns the exit status."""
         assert self.proc is not None
-        self.proc.send_signal(sig)
-        return await asyncio.wait_for(self.proc.wait(), timeout)
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+        return int(self.proc.returncode)
 
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
+    def status(self, key: str) -> int:
+        """A figure from /proc/<pid>/status in KiB (``VmHWM``: peak RSS, ``VmRSS``: now)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        raise KeyError(key)
 
-    async def events(self, http: aiohttp.ClientSession, namespace: str) -> list[dict[str, Any]]:
-        """Every held event of ``namespace``, paging through GET /api/events."""
-        out: list[dict[str, Any]] = []
-        after = 0
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def crashes(self) -> list[str]:
+        """Tracebacks the server logged: a hostile client must never cause one."""
+        return [line for line in self.log().splitlines() if "Traceback" in line]
+
+
+async def stored_events(server: ServerProcess, namespace: str) -> tuple[list[dict[str, Any]], str]:
+    """Every event ``GET /api/events`` holds for ``namespace``, paged; and the epoch."""
+    events: list[dict[str, Any]] = []
+    after, epoch = 0, ""
+    async with aiohttp.ClientSession(headers=server.headers()) as http:
         while True:
-            params = {"namespace": namespace, "after_seq": str(after), "limit": "1000"}
-            async with http.get(
-                f"{self.url}/api/events", params=params, headers=self.headers()
-            ) as resp:
+            query = {"namespace": namespace, "after_seq": after, "limit": 1000}
+            async with http.get(f"{server.url}/api/events", params=query) as resp:
                 assert resp.status == 200, await resp.text()
                 page = await resp.json()
-            out.extend(page["events"])
-            if not page["has_more"]:
-                return out
-            after = page["last_seq"]
+            events.extend(page["events"])
+            epoch = page["epoch"]
+            if not page["has_more"] or not page["events"]:
+                return events, epoch
+            after = page["events"][-1]["seq"]

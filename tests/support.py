@@ -56,13 +56,24 @@ class RunningServer:
     async def post_event(
         self, http: aiohttp.ClientSession, body: Any, role: str = "gateway", sub: str | None = None
     ) -> tuple[int, Any]:
-        async with http.post(
-            f"{self.url}/api/events", json=body, headers=self.headers(role, sub)
-        ) as resp:
-            return resp.status, await resp.json()
+        return await post_event(self, http, body, role, sub)
 
     async def stop(self) -> None:
         await self.running.stop()
+
+
+async def post_event(
+    server: Any,
+    http: aiohttp.ClientSession,
+    body: Any,
+    role: str = "gateway",
+    sub: str | None = None,
+) -> tuple[int, Any]:
+    """POST /api/events to any server with ``url`` and ``headers()``: (status, JSON)."""
+    async with http.post(
+        f"{server.url}/api/events", json=body, headers=server.headers(role, sub)
+    ) as resp:
+        return resp.status, await resp.json()
 
 
 async def start_server(**overrides: Any) -> RunningServer:

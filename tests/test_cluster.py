@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster_support import LockerbusProcess, wait_ready
+from tests.cluster_support import wait_ready
+from tests.processes import ServerProcess
 from tests.redis_support import RedisServer
 from tests.support import connect, locker_event, start_server
 
@@ -19,24 +20,28 @@ LOCKERS = "/ws/lockers"
 EVENTS = "/ws/events"
 
 
-async def instances(redis: RedisServer, directory: Path, count: int = 2) -> list[LockerbusProcess]:
-    env = {"LOCKERBUS_STORE": redis.url, "LOCKERBUS_MESSAGE_QUEUE": redis.url}
-    procs = [LockerbusProcess(directory, env) for _ in range(count)]
-    await asyncio.gather(*(p.start() for p in procs))
+async def instances(redis: RedisServer, directory: Path, count: int = 2) -> list[ServerProcess]:
+    directory.mkdir(parents=True, exist_ok=True)
+    env = {"LOCKERBUS_MESSAGE_QUEUE": redis.url, "LOCKERBUS_LOG_LEVEL": "INFO"}
+    procs = [
+        ServerProcess(store=redis.url, log_path=directory / f"lockerbus-{i}.log", env=env)
+        for i in range(count)
+    ]
+    await asyncio.gather(*(p.started() for p in procs))
     return procs
 
 
 @pytest.fixture
 async def cluster_factory(tmp_path):  # type: ignore[no-untyped-def]
-    started: list[LockerbusProcess] = []
+    started: list[ServerProcess] = []
 
-    async def factory(redis: RedisServer, count: int = 2) -> list[LockerbusProcess]:
+    async def factory(redis: RedisServer, count: int = 2) -> list[ServerProcess]:
         procs = await instances(redis, tmp_path / "procs", count)
         started.extend(procs)
         return procs
 
     yield factory
-    await asyncio.gather(*(p.stop() for p in started))
+    await asyncio.gather(*(p.stopped() for p in started))
 
 
 async def subscriber(server: Any, *, join: bool = True) -> Any:
@@ -98,7 +103,7 @@ async def test_seq_strictly_increases_with_publishers_on_both(
     watchers = [await subscriber(a, join=False), await subscriber(b, join=False)]
     per_instance = 60
 
-    async def publish(server: LockerbusProcess, offset: int) -> list[int]:
+    async def publish(server: ServerProcess, offset: int) -> list[int]:
         seqs = []
         for n in range(per_instance):
             status, event = await server.post_event(http, locker_event(offset + n))

@@ -1,30 +1,33 @@
-"""SIGTERM drains a real server process: connected clients, no accepted event lost."""
+"""SIGTERM and SIGINT drain a real server process: connected clients, no accepted event lost."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
 import pytest
 
-from tests.processes import ServerProcess
-from tests.support import Client, connect, locker_event
+from tests.processes import ServerProcess, stored_events
+from tests.support import connect, locker_event
 
 LOCKERS = "/ws/lockers"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-async def test_signal_drains_and_loses_no_accepted_event(tmp_path, http, sig) -> None:
-    db = tmp_path / "events.db"
+async def test_signal_drains_and_loses_no_accepted_event(tmp_path, sig) -> None:
     # python-socketio clients answer a server's close late; the grace bounds the wait
-    env = {"LOCKERBUS_STORE": f"sqlite:///{db}", "LOCKERBUS_SHUTDOWN_GRACE_SECONDS": "1.5"}
-    proc = ServerProcess(env)
-    await proc.start()
+    proc = ServerProcess(
+        store=f"sqlite:///{tmp_path / 'events.db'}",
+        log_path=tmp_path / "server.log",
+        env={"LOCKERBUS_SHUTDOWN_GRACE_SECONDS": "1.5", "LOCKERBUS_LOG_LEVEL": "INFO"},
+    )
+    await proc.started()
     try:
-        watcher: Client = await connect(proc, LOCKERS, auth={"replay": False})  # type: ignore[arg-type]
+        watcher = await connect(proc, LOCKERS, auth={"replay": False})  # type: ignore[arg-type]
         await watcher.wait_events(LOCKERS, "replay_complete", 1)
         publisher = await connect(proc, LOCKERS, role="gateway", auth={"replay": False})  # type: ignore[arg-type]
-        acked: list[dict] = []
+        acked: list[dict[str, Any]] = []
         refused: list[str] = []
 
         async def stream() -> None:
@@ -42,21 +45,23 @@ async def test_signal_drains_and_loses_no_accepted_event(tmp_path, http, sig) ->
 
         task = asyncio.create_task(stream())
         await publisher.wait_for(lambda: len(acked) >= 50)
-        status = await proc.signal(sig)
+        assert proc.proc is not None
+        proc.proc.send_signal(sig)
+        status = await asyncio.to_thread(proc.proc.wait, 15)
         await asyncio.wait_for(task, 10)
-        assert status == 0, "".join(proc.output)
+        assert status == 0, proc.log()
         await watcher.wait_events(LOCKERS, "disconnect", 1)
         assert set(refused) <= {"store_unavailable"}
+        assert "shutting down" in proc.log()
     finally:
-        await proc.stop()
+        proc.kill()
 
-    again = ServerProcess(env)
-    await again.start()
+    await proc.started()  # again, on the same file
     try:
-        held = await again.events(http, LOCKERS)
+        held, epoch = await stored_events(proc, LOCKERS)
         held_ids = {e["id"] for e in held}
         assert [e["id"] for e in acked if e["id"] not in held_ids] == []
         assert [e["seq"] for e in held] == list(range(1, len(held) + 1))
-        assert {e["epoch"] for e in held} == {acked[0]["epoch"]}
+        assert epoch == acked[0]["epoch"]
     finally:
-        await again.stop()
+        proc.kill()

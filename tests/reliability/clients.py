@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import socketio
 
-from tests.reliability.proc import ServerProcess
+from tests.processes import ServerProcess
 from tests.support import WAIT, locker_event
 
 LOCKERS = "/ws/lockers"

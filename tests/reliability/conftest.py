@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.proc import ServerProcess
+from tests.processes import ServerProcess
 
 HEAVY = os.environ.get("LOCKERBUS_HEAVY") == "1"
 

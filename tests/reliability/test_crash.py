@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from tests.processes import stored_events
 from tests.reliability.clients import LOCKERS, Publisher, Tracker
 from tests.reliability.conftest import HEAVY, record
-from tests.reliability.proc import stored_events
 from tests.support import connect
 
 BEFORE_KILL = 2000 if HEAVY else 300

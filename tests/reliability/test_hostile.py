@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from socketio import packet as socketio_packet
 
 from lockerbus.service import EventService
+from tests.processes import ServerProcess, stored_events
 from tests.reliability.clients import LOCKERS, Tracker
 from tests.reliability.conftest import HEAVY, record
 from tests.reliability.loopthread import LoopThread
-from tests.reliability.proc import ServerProcess, stored_events
 from tests.reliability.rawsio import RawSocket
 from tests.support import SECRET, Client, connect, locker_event
 

@@ -16,9 +16,9 @@ import pytest
 
 from lockerbus.config import load_settings
 from lockerbus.errors import ConfigError
+from tests.processes import stored_events
 from tests.reliability.clients import LOCKERS, Tracker
 from tests.reliability.conftest import HEAVY, record
-from tests.reliability.proc import stored_events
 from tests.reliability.rawsio import RawSocket
 from tests.support import locker_event
 

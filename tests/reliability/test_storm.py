@@ -12,9 +12,9 @@ import time
 import aiohttp
 import pytest
 
+from tests.processes import stored_events
 from tests.reliability.clients import LOCKERS, Publisher, Tracker
 from tests.reliability.conftest import HEAVY, record
-from tests.reliability.proc import stored_events
 
 CLIENTS = 1000 if HEAVY else 500
 EVENTS_BEFORE = 10

@@ -8,9 +8,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.processes import ServerProcess, stored_events
 from tests.reliability.clients import LOCKERS, Publisher
 from tests.reliability.conftest import record
-from tests.reliability.proc import ServerProcess, stored_events
 from tests.support import connect
 
 TTL_HOURS = 0.0005  # 1.8 s
