@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import socketio
 
@@ -38,9 +38,11 @@ from .fanout import Sender, encode_event
 from .limits import TokenBucket
 from .log import server_logger
 from .metrics import Metrics
-from .presence import Presence, PresenceError
 from .service import Event, parse_since
 from .store import EventStore
+
+if TYPE_CHECKING:  # presence needs redis, an optional extra: imported only in cluster mode
+    from .presence import Presence
 
 ADMIN_UI_ORIGIN: Final = "https://admin.socket.io"
 
@@ -511,6 +513,8 @@ class SocketGateway:
         and its ack (python-socketio's cross-host callbacks)."""
         if self.presence is None:
             raise KioskOffline(kiosk_id)
+        from .presence import PresenceError  # set only in cluster mode, where redis is installed
+
         try:
             holders = await self.presence.find(kiosk_id)
         except PresenceError as exc:

@@ -62,3 +62,19 @@ def test_layers_point_downward(module: str) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"{module} pulls in {result.stdout.strip()}"
+
+
+def test_the_server_needs_no_optional_extra() -> None:
+    """A base install (scripts/serve) has no redis: only cluster mode may import it."""
+    code = (
+        "import sys\n"
+        "sys.modules['redis'] = None  # as if not installed\n"
+        "import lockerbus.cli, lockerbus.runner\n"
+        "from lockerbus.app import create_app\n"
+        "from lockerbus.config import Settings\n"
+        "create_app(Settings(secret='s' * 40))\n"
+        "print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
