@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from .auth import MIN_SECRET_BYTES
 from .errors import ConfigError
 from .store import validate_store_url
 
@@ -183,8 +184,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("host", "must not be empty")
     if not 0 < settings.port < 65536 and settings.port != 0:
         raise ConfigError("port", f"must be 1-65535 (or 0 for any free port), got {settings.port}")
-    if settings.secret is not None and len(settings.secret.encode()) < 32:
-        raise ConfigError("secret", "must be at least 32 bytes (RFC 7518 §3.2)")
+    if settings.secret is not None and len(settings.secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError("secret", f"must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 §3.2)")
     validate_store_url(settings.store)
     if settings.message_queue is not None and not settings.message_queue.startswith(
         ("redis://", "rediss://", "unix://")

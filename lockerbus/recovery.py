@@ -92,3 +92,30 @@ def newest_plan(*, last_seq: int, limit: int) -> ReplayPlan:
     if limit < 0:
         raise ValueError(f"limit must be >= 0, not {limit}")
     return ReplayPlan(recovered=False, after_seq=0, last_seq=last_seq, limit=limit)
+
+
+def decide(
+    *,
+    after_seq: int | None,
+    requested_epoch: str | None,
+    epoch: str,
+    last_seq: int,
+    limit: int,
+    count_held: Callable[[int, int], int],
+) -> tuple[ReplayPlan, bool | None]:
+    """The plan for any replay request, and the ``recovered`` to report.
+
+    With ``after_seq`` it is :func:`plan_replay`; without (a time-based or
+    default replay) the newest events, and ``recovered`` None (contract §6).
+    """
+    if after_seq is None:
+        return newest_plan(last_seq=last_seq, limit=limit), None
+    plan = plan_replay(
+        after_seq=after_seq,
+        requested_epoch=requested_epoch,
+        epoch=epoch,
+        last_seq=last_seq,
+        limit=limit,
+        count_held=count_held,
+    )
+    return plan, plan.recovered

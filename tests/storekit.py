@@ -29,7 +29,7 @@ ROUTES = {
 
 
 class FakeClock:
-    """Wall-clock seconds that move only when a test says so."""
+    """Seconds (wall or monotonic) that move only when a test says so."""
 
     def __init__(self, start: float = 1_900_000_000.0) -> None:
         self.now = start

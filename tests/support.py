@@ -14,7 +14,7 @@ from aiohttp import web
 
 from lockerbus.auth import issue_token
 from lockerbus.config import Settings
-from lockerbus.events import EVENT_TYPES, NAMESPACES
+from lockerbus.events import EVENT_TYPES
 from lockerbus.runner import RunningApp, start
 
 SECRET = "test-secret-" + "x" * 40
@@ -178,8 +178,6 @@ async def connect(
             raise
     return client
 
-
-ALL_NAMESPACES = list(NAMESPACES)
 
 #: Clients made by :func:`connect`, closed before servers stop: a client that
 #: shares the server's event loop would otherwise stall its close handshake.

@@ -3,15 +3,8 @@
 from __future__ import annotations
 
 from lockerbus.limits import PrincipalLimits, TokenBucket
+from tests.storekit import FakeClock
 from tests.support import connect, locker_event
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_bucket_trips_and_recovers() -> None:

@@ -10,19 +10,12 @@ import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
 from lockerbus.metrics import LatencyWindow
+from tests.storekit import FakeClock
 from tests.support import connect, locker_event
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_latency_percentiles_match_a_known_sample() -> None:
-    window = LatencyWindow(window_seconds=300, clock=Clock())
+    window = LatencyWindow(window_seconds=300, clock=FakeClock())
     for ms in range(1, 1001):  # 1..1000 ms, uniformly
         window.observe(ms / 1000)
     summary = window.summary()
@@ -34,7 +27,7 @@ def test_latency_percentiles_match_a_known_sample() -> None:
 
 
 def test_latency_window_forgets_old_samples() -> None:
-    clock = Clock()
+    clock = FakeClock()
     window = LatencyWindow(window_seconds=60, slices=6, clock=clock)
     window.observe(0.5)
     clock.now += 30

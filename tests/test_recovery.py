@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lockerbus.recovery import ReplayPlan, newest_plan, plan_replay, recoverable_gap
+from lockerbus.recovery import ReplayPlan, decide, newest_plan, plan_replay, recoverable_gap
 
 EPOCH = "e1"
 
@@ -145,3 +145,23 @@ def test_does_not_import_sockets() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_decide_reports_recovered_only_for_seq_based_replays() -> None:
+    def held(lo: int, hi: int) -> int:
+        return hi - lo
+
+    plan, recovered = decide(
+        after_seq=None, requested_epoch=None, epoch="e", last_seq=9, limit=5, count_held=held
+    )
+    assert recovered is None
+    assert (plan.after_seq, plan.last_seq, plan.limit) == (0, 9, 5)
+    plan, recovered = decide(
+        after_seq=6, requested_epoch="e", epoch="e", last_seq=9, limit=5, count_held=held
+    )
+    assert recovered is True
+    assert (plan.after_seq, plan.limit) == (6, 3)
+    plan, recovered = decide(
+        after_seq=6, requested_epoch="other", epoch="e", last_seq=9, limit=5, count_held=held
+    )
+    assert recovered is False

@@ -30,7 +30,7 @@ from cachetools import Cache, TTLCache
 
 from ..errors import StoreUnavailableError
 from ..log import store_logger
-from ..recovery import ReplayPlan, newest_plan, plan_replay
+from ..recovery import decide
 from . import StoreOptions
 from .base import EVICTION_REASONS, Event, EventStore, NamespaceStats, ReplayResult, StoreStats
 from .codec import (
@@ -309,22 +309,17 @@ class MemoryEventStore(EventStore):
         while True:
             self._cache.expire()
             log = self._log(namespace)
-            plan: ReplayPlan
-            if after_seq is not None:
-                plan = plan_replay(
-                    after_seq=after_seq,
-                    requested_epoch=epoch,
-                    epoch=self.epoch,
-                    last_seq=log.last_seq,
-                    limit=limit,
-                    count_held=log.count_held,
-                )
-            else:
-                plan = newest_plan(last_seq=log.last_seq, limit=limit)
+            plan, recovered = decide(
+                after_seq=after_seq,
+                requested_epoch=epoch,
+                epoch=self.epoch,
+                last_seq=log.last_seq,
+                limit=limit,
+                count_held=log.count_held,
+            )
             records, has_more = log.newest(plan.after_seq, plan.limit, since_at)
             events = self._decode(records)
             if events is not None:
-                recovered = plan.recovered if after_seq is not None else None
                 return ReplayResult(events, log.last_seq, self.epoch, recovered, has_more)
             # Corrupt records were removed: decide again, now that the hole shows.
 

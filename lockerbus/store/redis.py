@@ -43,7 +43,7 @@ from redis.retry import Retry
 
 from ..errors import StoreUnavailableError
 from ..log import store_logger
-from ..recovery import newest_plan, plan_replay
+from ..recovery import decide
 from . import StoreOptions, redis_lua
 from .base import EVICTION_REASONS, Event, EventStore, NamespaceStats, ReplayResult, StoreStats
 from .codec import (
@@ -118,7 +118,7 @@ def _record(member: bytes, seq: int) -> bytes | None:
 
 
 def _prefetched(held: int, _lo: int, _hi: int) -> int:
-    """count_held for plan_replay: it only ever asks for (after_seq, last_seq], counted
+    """count_held for recovery.decide: it only ever asks for (after_seq, last_seq], counted
     in the same script that read last_seq."""
     return held
 
@@ -331,19 +331,14 @@ class RedisEventStore(EventStore):
             )
             store_epoch = self._learn(current)
             last, held = int(last), int(held)
-            if after_seq is not None:
-                plan = plan_replay(
-                    after_seq=after_seq,
-                    requested_epoch=epoch,
-                    epoch=store_epoch,
-                    last_seq=last,
-                    limit=limit,
-                    count_held=functools.partial(_prefetched, held),
-                )
-                recovered: bool | None = plan.recovered
-            else:
-                plan = newest_plan(last_seq=last, limit=limit)
-                recovered = None
+            plan, recovered = decide(
+                after_seq=after_seq,
+                requested_epoch=epoch,
+                epoch=store_epoch,
+                last_seq=last,
+                limit=limit,
+                count_held=functools.partial(_prefetched, held),
+            )
             reply = await self._run(
                 "NEWEST",
                 new_epoch(),

@@ -36,7 +36,7 @@ from typing import Any, Final, TypeVar
 
 from ..errors import StoreUnavailableError
 from ..log import store_logger
-from ..recovery import newest_plan, plan_replay
+from ..recovery import decide
 from . import StoreOptions
 from .base import EVICTION_REASONS, Event, EventStore, NamespaceStats, ReplayResult, StoreStats
 from .codec import (
@@ -600,28 +600,23 @@ class SqliteEventStore(EventStore):
         def read(conn: sqlite3.Connection) -> ReplayResult | _Corrupt:
             now = self._clock()
             last = _last_seq(conn, namespace)
-            if after_seq is not None:
 
-                def count_held(lo: int, hi: int) -> int:
-                    row = conn.execute(
-                        "SELECT count(*) FROM events WHERE namespace = ? AND seq > ? "
-                        "AND seq <= ? AND expires > ?",
-                        (namespace, lo, hi, now),
-                    ).fetchone()
-                    return int(row[0])
+            def count_held(lo: int, hi: int) -> int:
+                row = conn.execute(
+                    "SELECT count(*) FROM events WHERE namespace = ? AND seq > ? "
+                    "AND seq <= ? AND expires > ?",
+                    (namespace, lo, hi, now),
+                ).fetchone()
+                return int(row[0])
 
-                plan = plan_replay(
-                    after_seq=after_seq,
-                    requested_epoch=epoch,
-                    epoch=store_epoch,
-                    last_seq=last,
-                    limit=limit,
-                    count_held=count_held,
-                )
-                recovered: bool | None = plan.recovered
-            else:
-                plan = newest_plan(last_seq=last, limit=limit)
-                recovered = None
+            plan, recovered = decide(
+                after_seq=after_seq,
+                requested_epoch=epoch,
+                epoch=store_epoch,
+                last_seq=last,
+                limit=limit,
+                count_held=count_held,
+            )
             sql = (
                 "SELECT seq, crc, body FROM events WHERE namespace = ? AND seq > ? AND seq <= ? "
                 "AND expires > ?"
