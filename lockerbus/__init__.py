@@ -21,13 +21,18 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .service import Event, EventService
+    from .events import Event
+    from .service import EventService
 
 
 def __getattr__(name: str) -> Any:
     # Lazily, so that importing lockerbus.errors or lockerbus.events does not
     # pull in the service layer above them (tests/test_imports.py).
-    if name in ("Event", "EventService"):
+    if name == "Event":
+        from . import events
+
+        return events.Event
+    if name == "EventService":
         from . import service
 
         return getattr(service, name)

@@ -20,11 +20,11 @@ from .errors import (
     StoreUnavailableError,
     UnknownEventTypeError,
 )
-from .events import ROUTES
+from .events import ROUTES, Event
 from .limits import TokenBucket
 from .log import server_logger
 from .metrics import Metrics
-from .service import Event, EventService, check_version
+from .service import EventService, check_version
 from .store import EventStore
 
 PUBLISH_KEYS: Final = frozenset({"type", "data", "room", "version"})

@@ -32,11 +32,10 @@ from typing import Any, Final
 
 import socketio
 
-from .events import EVENT_TYPES, EVENTS_NS, NAMESPACE_ROOMS, NAMESPACES
+from .events import EVENT_TYPES, EVENTS_NS, NAMESPACE_ROOMS, NAMESPACES, Event
 
 log = logging.getLogger("lockerbus.client")
 
-Event = dict[str, Any]
 Handler = Callable[[Event], Awaitable[None] | None]
 CommandHandler = Callable[[dict[str, Any]], Any]
 

@@ -35,9 +35,8 @@ from typing import Any, Final, Protocol
 import orjson
 
 from .errors import StoreUnavailableError
-from .events import NAMESPACES
+from .events import NAMESPACES, Event
 from .log import server_logger
-from .service import Event
 from .store import EventStore
 
 CHECK_INTERVAL_SECONDS: Final = 1.0

@@ -19,9 +19,9 @@ from marshmallow import ValidationError
 from .auth import Principal, authorize_command
 from .bus import EventBus
 from .errors import BadRequestError, EventValidationError, flatten_messages
-from .events import COMMAND_REQUEST_SCHEMA, KIOSK_ANSWER_SCHEMA
+from .events import COMMAND_REQUEST_SCHEMA, KIOSK_ANSWER_SCHEMA, Event
 from .log import command_logger
-from .service import Event, utc_now_iso
+from .service import utc_now_iso
 
 IDEMPOTENCY_SECONDS: Final = 300.0
 IDEMPOTENCY_MAX_KEYS: Final = 10_000

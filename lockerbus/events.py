@@ -16,6 +16,9 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validat
 
 from .fastcheck import Loader, value_only
 
+Event = dict[str, Any]
+"""An event envelope (contract §4) as a plain dict, ready for JSON; the one alias for it."""
+
 SCHEMA_VERSION: Final = "1.0"
 SCHEMA_MAJOR: Final = 1
 SCHEMA_MINOR: Final = 0

@@ -24,11 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .errors import StoreUnavailableError
-from .events import HELP_NS, LOCKERS_NS
+from .events import HELP_NS, LOCKERS_NS, Event
 from .log import app_logger
 from .store import EventStore
-
-Event = dict[str, Any]
 
 PAGE: Final = 1000
 #: help_requested fields carried into the open-requests view

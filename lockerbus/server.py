@@ -33,12 +33,12 @@ from .errors import (
     LockerbusError,
     StoreUnavailableError,
 )
-from .events import EVENTS_NS, KIOSK_ROOM_PREFIX, NAMESPACES
+from .events import EVENTS_NS, KIOSK_ROOM_PREFIX, NAMESPACES, Event
 from .fanout import Sender, encode_event
 from .limits import TokenBucket
 from .log import server_logger
 from .metrics import Metrics
-from .service import Event, parse_since
+from .service import parse_since
 from .store import EventStore
 
 if TYPE_CHECKING:  # presence needs redis, an optional extra: imported only in cluster mode

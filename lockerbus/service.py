@@ -34,11 +34,9 @@ from .events import (
     SCHEMA_MAJOR,
     SCHEMA_MINOR,
     SCHEMA_VERSION,
+    Event,
     parse_version,
 )
-
-Event = dict[str, Any]
-"""An event envelope (contract §4) as a plain dict, ready for JSON."""
 
 DEFAULT_MAX_EVENT_BYTES = 65536
 

@@ -41,9 +41,9 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
-Event = dict[str, Any]
+from ..events import Event
 
 EVICTION_REASONS: Final = ("ttl", "capacity", "corrupt")
 

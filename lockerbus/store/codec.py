@@ -16,8 +16,8 @@ from typing import Any, cast
 
 import orjson
 
+from ..events import Event
 from ..log import store_logger
-from .base import Event
 
 
 def new_epoch() -> str:

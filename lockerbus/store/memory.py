@@ -29,10 +29,11 @@ from typing import cast
 from cachetools import Cache, TTLCache
 
 from ..errors import StoreUnavailableError
+from ..events import Event
 from ..log import store_logger
 from ..recovery import decide
 from . import StoreOptions
-from .base import EVICTION_REASONS, Event, EventStore, NamespaceStats, ReplayResult, StoreStats
+from .base import EVICTION_REASONS, EventStore, NamespaceStats, ReplayResult, StoreStats
 from .codec import (
     check_append,
     check_limit,

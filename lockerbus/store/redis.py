@@ -42,10 +42,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..errors import StoreUnavailableError
+from ..events import Event
 from ..log import store_logger
 from ..recovery import decide
 from . import StoreOptions, redis_lua
-from .base import EVICTION_REASONS, Event, EventStore, NamespaceStats, ReplayResult, StoreStats
+from .base import EVICTION_REASONS, EventStore, NamespaceStats, ReplayResult, StoreStats
 from .codec import (
     check_append,
     check_limit,

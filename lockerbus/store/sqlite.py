@@ -35,10 +35,11 @@ from datetime import datetime
 from typing import Any, Final, TypeVar
 
 from ..errors import StoreUnavailableError
+from ..events import Event
 from ..log import store_logger
 from ..recovery import decide
 from . import StoreOptions
-from .base import EVICTION_REASONS, Event, EventStore, NamespaceStats, ReplayResult, StoreStats
+from .base import EVICTION_REASONS, EventStore, NamespaceStats, ReplayResult, StoreStats
 from .codec import (
     check_append,
     check_limit,
