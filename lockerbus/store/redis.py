@@ -32,19 +32,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from ..errors import StoreUnavailableError
 from ..events import Event
 from ..log import store_logger
 from ..recovery import decide
+from ..redisconn import (
+    COMMAND_TIMEOUT_SECONDS,
+    CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_PREFIX,
+    channel_for,
+    connect,
+    events_channel,
+    split_url,
+    where,
+)
 from . import StoreOptions, redis_lua
 from .base import EVICTION_REASONS, EventStore, NamespaceStats, ReplayResult, StoreStats
 from .codec import (
@@ -59,9 +66,16 @@ from .codec import (
     since_seconds,
 )
 
-DEFAULT_PREFIX: Final = "lockerbus"
-CONNECT_TIMEOUT_SECONDS: Final = 2.0
-COMMAND_TIMEOUT_SECONDS: Final = 5.0
+# Kept importable from here for callers written before lockerbus.redisconn.
+__all__ = [
+    "COMMAND_TIMEOUT_SECONDS",
+    "CONNECT_TIMEOUT_SECONDS",
+    "DEFAULT_PREFIX",
+    "RedisEventStore",
+    "events_channel",
+    "split_url",
+]
+
 MAX_CONNECTIONS: Final = 16
 # Appends queued while the previous batch was out go to Redis in one pipeline.
 _MAX_BATCH: Final = 256
@@ -83,27 +97,6 @@ class _Append:
     epoch: str
     body: bytes
     future: asyncio.Future[Event]
-
-
-def split_url(url: str) -> tuple[str, str]:
-    """``url`` without lockerbus's own ``prefix`` query parameter, and the prefix."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = next((value for key, value in query if key == "prefix"), DEFAULT_PREFIX)
-    rest = urlencode([(key, value) for key, value in query if key != "prefix"])
-    if not prefix:
-        raise ValueError("the redis store prefix must not be empty")
-    return urlunsplit(parts._replace(query=rest)), prefix
-
-
-def events_channel(url: str) -> str:
-    """The pub/sub channel a Redis store at ``url`` publishes every appended event on."""
-    return f"{split_url(url)[1]}:events"
-
-
-def _where(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname or parts.path}:{parts.port or ''}{parts.path if parts.port else ''}"
 
 
 def _record(member: bytes, seq: int) -> bytes | None:
@@ -142,8 +135,8 @@ class RedisEventStore(EventStore):
         if options.max_events < 1:
             raise ValueError("max_events must be at least 1")
         self._url, self._prefix = split_url(url)
-        self.channel = f"{self._prefix}:events"
-        self._where = f"redis store {_where(self._url)}"
+        self.channel = channel_for(self._prefix)
+        self._where = f"redis store {where(self._url)}"
         self._clock = clock or time.time
         self._redis: Redis | None = None
         self._state = "new"
@@ -159,15 +152,7 @@ class RedisEventStore(EventStore):
             raise StoreUnavailableError(f"{self._where} is closed")
         if self._state == "open":
             return
-        pool = BlockingConnectionPool.from_url(
-            self._url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=COMMAND_TIMEOUT_SECONDS,
-            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            socket_timeout=COMMAND_TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),
-        )
-        client = Redis.from_pool(pool)  # the client owns the pool and closes it
+        client = connect(self._url, max_connections=MAX_CONNECTIONS, retry=False)
         self._redis = client
         self._scripts = {
             name: client.register_script(getattr(redis_lua, name))
