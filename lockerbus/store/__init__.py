@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ..config import MEMORY_URL, SQLITE_PREFIX, validate_store_url
-from .base import EventStore, NamespaceStats, ReplayResult, StoreStats
+from .base import EventStore, NamespaceStats, ReplayResult, StoreOptions, StoreStats
 
 __all__ = [
     "EventStore",
@@ -21,15 +20,6 @@ __all__ = [
     "open_store",
     "validate_store_url",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class StoreOptions:
-    """What every backend is configured with (contract §1 settings)."""
-
-    max_events: int = 10_000
-    ttl_seconds: float = 24 * 3600
-    cleanup_interval_seconds: float = 30 * 60
 
 
 def open_store(
