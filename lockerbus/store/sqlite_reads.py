@@ -49,7 +49,7 @@ class Readers:
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self.local, "conn", None)
         if conn is None:
-            conn = connect(self.path, self.busy_timeout)
+            conn = connect(self.path, self.busy_timeout, create=False)
             conn.execute("PRAGMA query_only = ON")
             self.local.conn = conn
             with self.lock:

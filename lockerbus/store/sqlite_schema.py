@@ -9,9 +9,11 @@ is written once, when the file is created.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from typing import Final
+from urllib.parse import quote
 
 from ..errors import StoreUnavailableError
 from .codec import checksum, decode_one, new_epoch
@@ -50,11 +52,20 @@ UPSERT_LAST: Final = (
 LAST_SEQ: Final = "SELECT last_seq FROM namespaces WHERE namespace = ?"
 
 
-def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+def connect(path: str, busy_timeout: float, *, create: bool = True) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), usable from one
-    thread at a time though not necessarily the one that made it."""
+    thread at a time though not necessarily the one that made it.
+
+    ``create=False`` (the readers) never makes a file: a reader opening after the
+    file was removed must fail, not leave an empty database in its place.
+    """
+    target = path if create else f"file:{quote(os.path.abspath(path))}?mode=rw"
     return sqlite3.connect(
-        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        target,
+        timeout=busy_timeout,
+        isolation_level=None,
+        check_same_thread=False,
+        uri=not create,
     )
 
 
