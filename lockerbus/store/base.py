@@ -147,7 +147,7 @@ class EventStore(Protocol):
         ``recovered=None``.  ``after_seq`` takes precedence over ``since``.
         ``has_more`` says whether matching events were left out (for the
         ``recovered=False`` fallback: whether the namespace holds more).
-        The decision itself is :func:`lockerbus.recovery.plan_replay`.
+        The decision itself is :func:`lockerbus.recovery.decide`.
         """
 
     async def page(
