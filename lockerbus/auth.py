@@ -14,7 +14,6 @@ from .events import KIOSK_ROOM_PREFIX, NAMESPACE_ROOMS, ROUTES
 
 ROLES: Final = ("kiosk", "panel", "gateway", "admin")
 ALGORITHM: Final = "HS256"
-MIN_SECRET_BYTES: Final = 32
 SERVER_ONLY_TYPES: Final = frozenset({"connection", "disconnection"})
 COMMAND_ROLES: Final = frozenset({"panel", "gateway", "admin"})
 STATS_ROLES: Final = frozenset({"panel", "gateway", "admin"})

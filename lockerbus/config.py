@@ -14,13 +14,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from .auth import MIN_SECRET_BYTES
 from .errors import ConfigError
-from .store import validate_store_url
 
 ENV_PREFIX: Final = "LOCKERBUS_"
 CONFIG_ENV: Final = "LOCKERBUS_CONFIG"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The HS256 key's minimum (RFC 7518 §3.2); auth imports it from here.
+MIN_SECRET_BYTES: Final = 32
+# Store URLs (contract §1); the store package imports these from here.
+MEMORY_URL: Final = "memory"
+SQLITE_PREFIX: Final = "sqlite:///"
+REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+
+
+def validate_store_url(url: str) -> str:
+    """Check a store URL's form; raises :class:`ConfigError` naming ``store``.
+
+    Only the form: opening it is the store's job, and config stays below the store.
+    """
+    if url == MEMORY_URL:
+        return url
+    if url.startswith(SQLITE_PREFIX) and len(url) > len(SQLITE_PREFIX):
+        return url
+    if url.startswith(REDIS_SCHEMES):
+        return url
+    raise ConfigError("store", f"{url!r} is not memory, sqlite:///path.db or redis://host:port/db")
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,13 +205,9 @@ def _check(settings: Settings) -> None:
     if settings.secret is not None and len(settings.secret.encode()) < MIN_SECRET_BYTES:
         raise ConfigError("secret", f"must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 §3.2)")
     validate_store_url(settings.store)
-    if settings.message_queue is not None and not settings.message_queue.startswith(
-        ("redis://", "rediss://", "unix://")
-    ):
+    if settings.message_queue is not None and not settings.message_queue.startswith(REDIS_SCHEMES):
         raise ConfigError("message_queue", f"{settings.message_queue!r} is not a redis:// URL")
-    if settings.message_queue is not None and not settings.store.startswith(
-        ("redis://", "rediss://", "unix://")
-    ):
+    if settings.message_queue is not None and not settings.store.startswith(REDIS_SCHEMES):
         raise ConfigError(
             "message_queue", "instances share one store: set store to the same redis:// server"
         )
