@@ -97,15 +97,13 @@ Predicate = Callable[[Any], bool]
 def _predicate(validator: Callable[[Any], Any], *, str_values: bool) -> Predicate:
     """``validator`` as a yes/no test; marshmallow's common validators are inlined."""
     cls = type(validator)
-    if cls is OneOf:
-        assert isinstance(validator, OneOf)
+    if cls is OneOf and isinstance(validator, OneOf):
         choices = validator.choices
         if str_values and all(type(choice) is str for choice in choices):
             # for str values and str choices, set membership is exactly tuple membership
             return frozenset(choices).__contains__
         return lambda value: _passes(validator, value)
-    if cls is Length:
-        assert isinstance(validator, Length)
+    if cls is Length and isinstance(validator, Length):
         low, high, equal = validator.min, validator.max, validator.equal
         if equal is not None:
             return lambda value: len(value) == equal
@@ -113,8 +111,7 @@ def _predicate(validator: Callable[[Any], Any], *, str_values: bool) -> Predicat
         shortest = 0 if low is None else low
         longest = sys.maxsize if high is None else high
         return lambda value: shortest <= len(value) <= longest
-    if cls is Range:
-        assert isinstance(validator, Range)
+    if cls is Range and isinstance(validator, Range):
         low, high = validator.min, validator.max
         low_in, high_in = validator.min_inclusive, validator.max_inclusive
 
@@ -124,8 +121,7 @@ def _predicate(validator: Callable[[Any], Any], *, str_values: bool) -> Predicat
             return not (high is not None and (value > high if high_in else value >= high))
 
         return in_range
-    if cls is Regexp:
-        assert isinstance(validator, Regexp)
+    if cls is Regexp and isinstance(validator, Regexp):
         match = validator.regex.match
         return lambda value: match(value) is not None
     return lambda value: _passes(validator, value)
@@ -200,7 +196,8 @@ def _compile_field(field: fields.Field[Any]) -> Check:
 
 
 def _compile_dict(field: fields.Field[Any]) -> Check:
-    assert isinstance(field, fields.Dict)
+    if not isinstance(field, fields.Dict):
+        raise Unsupported(f"not a Dict: {type(field).__name__}")
     if field.value_field is not None:
         raise Unsupported("Dict with a value field")
     key_field = field.key_field
@@ -226,7 +223,8 @@ def _compile_dict(field: fields.Field[Any]) -> Check:
 
 
 def _compile_nested(field: fields.Field[Any]) -> Check:
-    assert isinstance(field, fields.Nested)
+    if not isinstance(field, fields.Nested):
+        raise Unsupported(f"not a Nested: {type(field).__name__}")
     if field.many:
         raise Unsupported("Nested many")
     schema = field.schema
