@@ -132,7 +132,11 @@ class ClusterRelay:
     async def consume(self) -> None:
         """Background task: deliver what the listener put in the inbox, in order."""
         while True:
-            await self.receive(await self._inbox.get())
+            raw = await self._inbox.get()
+            try:
+                await self.receive(raw)
+            except Exception:  # one bad message must not stop delivery for good
+                server_logger.exception("cluster: delivering a channel message failed")
 
     async def receive(self, raw: bytes) -> None:
         """One event from the channel (bytes as the store published them)."""
