@@ -13,8 +13,8 @@ from typing import Final
 from aiohttp import web
 
 from .auth import bearer_token, verify_token
-from .http import json_response
 from .projections import Projection
+from .responses import json_response
 from .store import EventStore
 
 #: file name -> content type; nothing else in static/ is served

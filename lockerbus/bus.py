@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
 
 from .auth import Principal, authorize_publish, check_publish_room
+from .delivery.hub import Broadcaster
 from .errors import (
     BadRequestError,
     LockerbusError,
@@ -30,12 +31,6 @@ from .store import EventStore
 PUBLISH_KEYS: Final = frozenset({"type", "data", "room", "version"})
 
 
-class Broadcaster(Protocol):
-    """Hands a stored event to its recipients (the Socket.IO layer implements it)."""
-
-    def broadcast(self, event: Event, accepted_at: float) -> None: ...
-
-
 class EventBus:
     """Validates, authorizes, stores and broadcasts events."""
 
@@ -46,6 +41,7 @@ class EventBus:
         metrics: Metrics,
         broadcaster: Broadcaster | None = None,
         *,
+        on_stored: Sequence[Callable[[Event], None]] = (),
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.service = service
@@ -54,7 +50,7 @@ class EventBus:
         self.broadcaster = broadcaster
         #: called with each stored event, in seq order, before it is broadcast
         #: (projections); a listener must be quick and must not raise
-        self.on_stored: list[Callable[[Event], None]] = []
+        self.on_stored: tuple[Callable[[Event], None], ...] = tuple(on_stored)
         self._clock = clock
         self._inflight = 0
         self._idle = asyncio.Event()

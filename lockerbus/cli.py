@@ -76,7 +76,8 @@ def serve(settings: Settings) -> int:
 
 
 def _print_dev_tokens(settings: Settings) -> None:
-    assert settings.secret is not None
+    if settings.secret is None:
+        raise ValueError("dev mode makes a secret before it prints tokens")
     print("lockerbus: DEV MODE - no LOCKERBUS_SECRET set; a random secret was generated.")
     print("lockerbus: never run dev mode in production. Tokens valid for 24 h:")
     for role in ROLES:

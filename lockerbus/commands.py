@@ -62,7 +62,6 @@ class CommandService:
         self._recent: TTLCache[tuple[str, str], asyncio.Future[Event]] = TTLCache(
             maxsize=IDEMPOTENCY_MAX_KEYS, ttl=IDEMPOTENCY_SECONDS
         )
-        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
 
     async def execute(self, principal: Principal, payload: Any) -> Event:
         """Run one command for ``principal``; returns the stored command_applied event.
@@ -107,7 +106,6 @@ class CommandService:
         result["timestamp"] = utc_now_iso()
         result["execution_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
         event = await self.bus.emit(self.bus.service.create_command_applied_event(command, result))
-        self.outcomes[outcome] += 1
         self.metrics.commands.labels(outcome).inc()
         command_logger.info(
             "command id=%s type=%s kiosk=%s by=%s outcome=%s ms=%.1f",

@@ -27,6 +27,7 @@ from .events import NAMESPACES
 from .limits import PrincipalLimits
 from .log import access_logger
 from .metrics import Metrics
+from .responses import error_response, json_response
 from .service import parse_since
 from .store import EventStore
 
@@ -34,16 +35,6 @@ MAX_PAGE: Final = 1000
 DEFAULT_PAGE: Final = 50
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(body: Any, status: int = 200) -> web.Response:
-    """A JSON response encoded with orjson."""
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
-def error_response(exc: LockerbusError) -> web.Response:
-    """The contract's ``{error: {code, message, fields?}}`` with the error's status."""
-    return json_response({"error": exc.to_wire()}, status=exc.http_status)
 
 
 @web.middleware

@@ -138,7 +138,6 @@ class Metrics:
         )
         r.register(self.evictions)
         self.latency = LatencyWindow()
-        self.errors: dict[str, int] = {}
 
     def observe_broadcast(self, seconds: float) -> None:
         """One broadcast handed to its recipients ``seconds`` after acceptance."""
@@ -148,7 +147,16 @@ class Metrics:
     def reject(self, reason: str) -> None:
         """A publish refused with wire code ``reason``."""
         self.rejected.labels(reason).inc()
-        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+
+def totals(counter: Counter) -> dict[str, int]:
+    """A one-label counter's totals by label value, read from Prometheus (the one source)."""
+    out: dict[str, int] = {}
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels:
+                out[next(iter(sample.labels.values()))] = int(sample.value)
+    return out
 
 
 class _SnapshotCounter(Collector):
