@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .auth import ROLES, issue_token
-from .config import Settings, load_settings
+from .config import LoadedSettings, Settings, read_settings
 from .errors import ConfigError
 
 DEV_SUBS = {"kiosk": "kiosk-1", "panel": "panel-1", "gateway": "gateway-1", "admin": "admin"}
@@ -41,10 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     flags = {key: getattr(args, key, None) for key in ("host", "port", "store")}
     try:
-        settings = load_settings(flags=flags, env=os.environ, config_file=args.config)
+        loaded = read_settings(flags=flags, env=os.environ, config_file=args.config)
     except ConfigError as exc:
         print(f"lockerbus: bad setting {exc.message}", file=sys.stderr)
         return 2
+    settings = loaded.settings
+    if args.command == "serve":
+        return serve(loaded)
+    loaded.warn_unknown()
     if args.command == "token":
         if settings.secret is None:
             print("lockerbus: no secret configured (set LOCKERBUS_SECRET)", file=sys.stderr)
@@ -57,17 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(issue_token(settings.secret, args.role, args.sub, args.ttl))
         return 0
-    return serve(settings)
+    raise AssertionError(f"unhandled command {args.command}")  # argparse requires one
 
 
-def serve(settings: Settings) -> int:
+def serve(loaded: LoadedSettings) -> int:
     """Run the server until SIGINT/SIGTERM; exit 0 after a graceful stop."""
     import asyncio
 
     from . import log
     from .runner import serve_until_signalled
 
+    settings = loaded.settings
     log.configure(settings.log_level)
+    loaded.warn_unknown()
     if settings.dev_mode:
         settings = settings.replace(secret=secrets.token_urlsafe(48))
         _print_dev_tokens(settings)

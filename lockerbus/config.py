@@ -8,6 +8,8 @@ setting it is about, so start-up can stop with one clear line.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +23,15 @@ from .store import validate_store_url
 ENV_PREFIX: Final = "LOCKERBUS_"
 CONFIG_ENV: Final = "LOCKERBUS_CONFIG"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS: Final = ("text", "json")
+# Kubernetes injects these for a Service named lockerbus(-anything); they are not settings
+_SERVICE_LINK: Final = re.compile(
+    r"LOCKERBUS(_[A-Z0-9_]+)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+    r"|PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)"
+)
+_SERVICE_URL: Final = re.compile(r"(tcp|udp|sctp)://")
+
+config_logger = logging.getLogger("lockerbus.config")
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,28 +251,50 @@ def _read_toml(path: str) -> dict[str, Any]:
     return section
 
 
-def load_settings(
+@dataclass(frozen=True, slots=True)
+class LoadedSettings:
+    """Settings with where each came from, and the variables that were not ours."""
+
+    settings: Settings
+    # setting -> "flag", "env" or "file"; a setting not listed has its default
+    sources: Mapping[str, str]
+    # LOCKERBUS_* variables that are neither settings nor Kubernetes service links
+    unknown_env: tuple[str, ...] = ()
+
+    def warn_unknown(self) -> None:
+        """Log one warning listing the unknown variables (a typo is otherwise silent)."""
+        if self.unknown_env:
+            config_logger.warning(
+                "ignoring unknown environment variables: %s", ", ".join(self.unknown_env)
+            )
+
+
+def read_settings(
     *,
     flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     config_file: str | None = None,
-) -> Settings:
+) -> LoadedSettings:
     """Read settings once, in the contract's order of precedence.
 
     ``env`` is the process environment (only ``LOCKERBUS_*`` is looked at);
     ``config_file`` falls back to ``LOCKERBUS_CONFIG``.  Flags whose value is
-    None are treated as not given.
+    None are treated as not given.  An unknown key in the file is an error; an
+    unknown ``LOCKERBUS_*`` variable is only reported in ``unknown_env``, since
+    platforms (Kubernetes service links) set variables of their own there.
     """
     env = env or {}
     values: dict[str, Any] = {}
     config_file = config_file or env.get(CONFIG_ENV) or None
+    env_layer, unknown = _env_layer(env)
     layers: list[tuple[str, Mapping[str, Any], Callable[[str], str]]] = []
     if config_file:
         layers.append(("file", _read_toml(config_file), lambda key: key))
-    layers.append(("env", _env_layer(env), env_name))
+    layers.append(("env", env_layer, env_name))
     layers.append(("flag", {k: v for k, v in (flags or {}).items() if v is not None}, _flag))
     origins: dict[str, str] = {}
-    for _origin, layer, label in layers:
+    sources: dict[str, str] = {}
+    for origin, layer, label in layers:
         for key, raw in layer.items():
             if key not in _PARSERS:
                 raise ConfigError(label(key), "unknown setting")
@@ -270,24 +303,44 @@ def load_settings(
             except ConfigError as exc:
                 raise ConfigError(label(key), exc.message.split(": ", 1)[-1]) from None
             origins[key] = label(key)
+            sources[key] = origin
     settings = Settings(**values)
     try:
         _check(settings)
     except ConfigError as exc:
         # name the setting as the user wrote it (LOCKERBUS_SECRET, --port, ...)
         raise ConfigError(origins.get(exc.key, exc.key), exc.message.split(": ", 1)[-1]) from None
-    return settings
+    return LoadedSettings(settings, sources, tuple(unknown))
+
+
+def load_settings(
+    *,
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """:func:`read_settings`, warning once about unknown variables; just the settings."""
+    loaded = read_settings(flags=flags, env=env, config_file=config_file)
+    loaded.warn_unknown()
+    return loaded.settings
 
 
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def _env_layer(env: Mapping[str, str]) -> dict[str, str]:
+def _env_layer(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The settings among ``LOCKERBUS_*`` variables, and the unknown names."""
     layer: dict[str, str] = {}
-    for name, value in env.items():
+    unknown: list[str] = []
+    for name, value in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
+        if _SERVICE_LINK.fullmatch(name) or (name.endswith("_PORT") and _SERVICE_URL.match(value)):
+            continue  # LOCKERBUS_PORT=tcp://10.0.0.1:8080 is a service link, never the port
         key = name[len(ENV_PREFIX) :].lower()
-        layer[key] = value
-    return layer
+        if key in _PARSERS:
+            layer[key] = value
+        else:
+            unknown.append(name)
+    return layer, unknown

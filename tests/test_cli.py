@@ -75,7 +75,6 @@ def test_python_dash_m_works_too() -> None:
         (["serve"], {"LOCKERBUS_PORT": "eighty"}, "LOCKERBUS_PORT"),
         (["serve"], {"LOCKERBUS_SECRET": "too-short"}, "LOCKERBUS_SECRET"),
         (["serve"], {"LOCKERBUS_STORE": "mysql://db"}, "LOCKERBUS_STORE"),
-        (["serve"], {"LOCKERBUS_MAX_EVENTZ": "1"}, "LOCKERBUS_MAX_EVENTZ"),
         (["serve", "--port", "99999"], {}, "--port"),
         (["serve", "--config", "/nonexistent/lockerbus.toml"], {}, "config"),
         (["token", "--role", "kiosk", "--sub", "k1"], {"LOCKERBUS_SECRET": "short"}, "SECRET"),
@@ -91,6 +90,16 @@ def test_bad_setting_exits_with_one_line_naming_it(
     assert named in lines[0]
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_unknown_variable_warns_once_and_the_command_still_runs() -> None:
+    env = clean_env(LOCKERBUS_SECRET=SECRET, LOCKERBUS_MAX_EVENTZ="1", LOCKERBUS_OOPS="2")
+    result = run("token", "--role", "kiosk", "--sub", "k1", env=env)
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "LOCKERBUS_MAX_EVENTZ" in line]
+    assert len(warning) == 1, result.stderr
+    assert "LOCKERBUS_OOPS" in warning[0]
+    assert verify_token(SECRET, result.stdout.strip()).sub == "k1"
 
 
 @pytest.mark.parametrize(
