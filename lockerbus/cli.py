@@ -70,6 +70,7 @@ def serve(loaded: LoadedSettings) -> int:
 
     from . import log
     from .runner import serve_until_signalled
+    from .startup import StartupError
 
     settings = loaded.settings
     log.configure(settings.log_level)
@@ -77,7 +78,11 @@ def serve(loaded: LoadedSettings) -> int:
     if settings.dev_mode:
         settings = settings.replace(secret=secrets.token_urlsafe(48))
         _print_dev_tokens(settings)
-    asyncio.run(serve_until_signalled(settings))
+    try:
+        asyncio.run(serve_until_signalled(settings))
+    except StartupError as exc:
+        print(f"lockerbus: {exc.setting}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

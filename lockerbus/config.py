@@ -63,6 +63,10 @@ class Settings:
     admin_username: str | None = None
     admin_password: str | None = None
     shutdown_grace_seconds: float = 5.0
+    store_wait_seconds: float = 0.0
+    log_format: str = "text"
+    access_log: bool = False
+    metrics_port: int | None = None
 
     @property
     def dev_mode(self) -> bool:
@@ -129,6 +133,12 @@ def _parse_optional_str(key: str, value: Any) -> str | None:
     return text or None
 
 
+def _parse_optional_port(key: str, value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _parse_int(key, value)
+
+
 def _parse_origins(key: str, value: Any) -> tuple[str, ...] | None:
     items: list[Any]
     if isinstance(value, str):
@@ -174,6 +184,10 @@ _PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "admin_username": _parse_optional_str,
     "admin_password": _parse_optional_str,
     "shutdown_grace_seconds": _parse_float,
+    "store_wait_seconds": _parse_float,
+    "log_format": lambda key, value: _parse_str(key, value).lower(),
+    "access_log": _parse_bool,
+    "metrics_port": _parse_optional_port,
 }
 
 SETTING_NAMES: Final = tuple(_PARSERS)
@@ -231,6 +245,13 @@ def _check(settings: Settings) -> None:
         )
     _positive(settings, "replay_window_minutes", allow_zero=True)
     _positive(settings, "shutdown_grace_seconds", allow_zero=True)
+    _positive(settings, "store_wait_seconds", allow_zero=True)
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+    if settings.metrics_port is not None and not 0 < settings.metrics_port < 65536:
+        raise ConfigError("metrics_port", f"must be 1-65535, got {settings.metrics_port}")
+    if settings.metrics_port is not None and settings.metrics_port == settings.port:
+        raise ConfigError("metrics_port", "must differ from port")
     if settings.log_level not in LOG_LEVELS:
         raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
     if settings.admin_ui and not (settings.admin_username and settings.admin_password):

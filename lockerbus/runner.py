@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .app import BUS, GATEWAY, SETTINGS, create_app
+from .app import BUS, GATEWAY, SETTINGS, create_app, store_options
 from .config import Settings
-from .log import app_logger
+from .errors import StoreUnavailableError
+from .log import access_logger, app_logger
+from .startup import listen_failed, store_failed, wait_for_store
 
 
 @dataclass(slots=True)
@@ -44,17 +46,29 @@ class RunningApp:
 
 
 async def start(settings: Settings, app: web.Application | None = None) -> RunningApp:
-    """Serve ``app`` (or ``create_app(settings)``) on the settings' host and port."""
+    """Serve ``app`` (or ``create_app(settings)``) on the settings' host and port.
+
+    Raises :class:`~lockerbus.startup.StartupError` when the store cannot be
+    opened or the port cannot be bound.
+    """
     app = app if app is not None else create_app(settings)
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        access_log=None,
+        access_log=access_logger if settings.access_log else None,
         shutdown_timeout=settings.shutdown_grace_seconds,
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except StoreUnavailableError as exc:
+        await runner.cleanup()
+        raise store_failed(exc) from None
     site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise listen_failed(settings.host, settings.port, exc) from None
     port = settings.port
     server = getattr(site, "_server", None)
     if server is not None and server.sockets:
@@ -68,6 +82,10 @@ async def serve_until_signalled(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if settings.store_wait_seconds > 0 and not await wait_for_store(
+        settings, store_options(settings), stop
+    ):
+        return
     running = await start(settings)
     app_logger.info("listening on http://%s:%s", running.host, running.port)
     print(f"lockerbus serving on http://{running.host}:{running.port}", flush=True)
