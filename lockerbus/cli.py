@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import secrets
@@ -73,7 +74,7 @@ def serve(loaded: LoadedSettings) -> int:
     from .startup import StartupError
 
     settings = loaded.settings
-    log.configure(settings.log_level)
+    log.configure(settings.log_level, settings.log_format)
     loaded.warn_unknown()
     if settings.dev_mode:
         settings = settings.replace(secret=secrets.token_urlsafe(48))
@@ -87,10 +88,12 @@ def serve(loaded: LoadedSettings) -> int:
 
 
 def _print_dev_tokens(settings: Settings) -> None:
+    """Human output, so on stderr: stdout stays free for machine-read output."""
     assert settings.secret is not None
-    print("lockerbus: DEV MODE - no LOCKERBUS_SECRET set; a random secret was generated.")
-    print("lockerbus: never run dev mode in production. Tokens valid for 24 h:")
+    say = functools.partial(print, file=sys.stderr)
+    say("lockerbus: DEV MODE - no LOCKERBUS_SECRET set; a random secret was generated.")
+    say("lockerbus: never run dev mode in production. Tokens valid for 24 h:")
     for role in ROLES:
         token = issue_token(settings.secret, role, DEV_SUBS[role], 24 * 3600)
-        print(f"  {role:<8} (sub {DEV_SUBS[role]}): {token}")
-    sys.stdout.flush()
+        say(f"  {role:<8} (sub {DEV_SUBS[role]}): {token}")
+    sys.stderr.flush()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -88,7 +89,7 @@ async def serve_until_signalled(settings: Settings) -> None:
         return
     running = await start(settings)
     app_logger.info("listening on http://%s:%s", running.host, running.port)
-    print(f"lockerbus serving on http://{running.host}:{running.port}", flush=True)
+    print(f"lockerbus serving on http://{running.host}:{running.port}", file=sys.stderr, flush=True)
     await stop.wait()
     app_logger.info("shutting down")
     await running.stop()

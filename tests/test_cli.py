@@ -138,24 +138,25 @@ def free_port() -> int:
 
 
 class Server:
-    """A ``lockerbus serve`` process whose stdout lines arrive on a queue."""
+    """A ``lockerbus serve`` process whose stderr lines (all its human output) arrive on a queue."""
 
-    def __init__(self, port: int, env: dict[str, str], stderr: IO[str]) -> None:
+    def __init__(self, port: int, env: dict[str, str], stdout: IO[str]) -> None:
         self.port = port
         self.process = subprocess.Popen(
             [str(LOCKERBUS), "serve", "--port", str(port)],
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
             text=True,
         )
+        self.stdout_path: Path | None = None
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
 
@@ -211,9 +212,10 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     logs: list[IO[str]] = []
 
     def start(**env: str) -> Server:
-        log = (tmp_path / f"stderr-{len(logs)}.log").open("w")
+        log = (tmp_path / f"stdout-{len(logs)}.log").open("w")
         logs.append(log)
         server = Server(free_port(), clean_env(**env), log)
+        server.stdout_path = tmp_path / f"stdout-{len(logs) - 1}.log"
         servers.append(server)
         return server
 
@@ -239,6 +241,38 @@ def test_serve_in_dev_mode_prints_tokens_and_answers_healthz(serve: Any) -> None
     status, body = server.get("/healthz")
     assert (status, body) == (200, {"status": "ok"})
     assert server.stop() == 0
+    # human output goes to stderr; stdout stays empty
+    assert server.stdout_path is not None
+    assert server.stdout_path.read_text() == ""
+
+
+def test_json_log_format_writes_one_object_per_line(serve: Any) -> None:
+    server = serve(LOCKERBUS_SECRET=SECRET, LOCKERBUS_LOG_FORMAT="json", LOCKERBUS_ACCESS_LOG="1")
+    server.wait_for_line("serving on", timeout=60)
+    assert server.get("/healthz") == (200, {"status": "ok"})
+    server.wait_for_line("lockerbus.access", timeout=30)
+    assert server.stop() == 0
+    records = []
+    for line in server.seen:
+        if line.startswith("lockerbus serving on"):
+            continue
+        record = json.loads(line)
+        assert {"time", "level", "logger", "message"} <= set(record), line
+        records.append(record)
+    loggers = {record["logger"] for record in records}
+    assert "lockerbus.app" in loggers
+    access = [r for r in records if r["logger"] == "lockerbus.access"]
+    assert any("GET /healthz" in r["message"] for r in access), access
+
+
+def test_access_log_is_off_by_default(serve: Any) -> None:
+    server = serve(LOCKERBUS_SECRET=SECRET)
+    server.wait_for_line("serving on", timeout=60)
+    assert server.get("/healthz") == (200, {"status": "ok"})
+    assert server.stop() == 0
+    server.lines.put(None)
+    with pytest.raises(AssertionError):
+        server.wait_for_line("GET /healthz", timeout=5)
 
 
 def test_serve_with_a_secret_prints_no_tokens(serve: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,10 @@ BAD_VALUES: dict[str, list[str]] = {
     "log_level": ["LOUD", "verbose"],
     "admin_ui": ["perhaps", "true"],  # true without username and password
     "shutdown_grace_seconds": ["-1", "later"],
+    "store_wait_seconds": ["-1", "soon"],
+    "log_format": ["xml", "plain"],
+    "access_log": ["maybe"],
+    "metrics_port": ["0", "70000", "8080", "nine"],
 }
 ANY_STRING = {"admin_username", "admin_password"}
 
@@ -282,3 +287,24 @@ def test_admin_ui_needs_credentials() -> None:
         load_settings(env=env)
     settings = load_settings(env={**env, "LOCKERBUS_ADMIN_PASSWORD": "pw"})
     assert settings.admin_ui
+
+
+def test_json_formatter_carries_the_event_fields() -> None:
+    from lockerbus.log import JsonFormatter
+
+    record = logging.LogRecord("lockerbus.server", logging.INFO, "x.py", 1, "hi %s", ("k1",), None)
+    record.kiosk_id = "k1"
+    record.seq = 7
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    decoded = json.loads(line)
+    assert decoded["message"] == "hi k1"
+    assert (decoded["logger"], decoded["level"]) == ("lockerbus.server", "INFO")
+    assert (decoded["kiosk_id"], decoded["seq"]) == ("k1", 7)
+    assert decoded["time"].endswith("+00:00")
+
+
+def test_log_format_is_checked() -> None:
+    assert load_settings(env={"LOCKERBUS_LOG_FORMAT": "JSON"}).log_format == "json"
+    with pytest.raises(ConfigError, match=r"^LOCKERBUS_LOG_FORMAT: must be one of text, json"):
+        load_settings(env={"LOCKERBUS_LOG_FORMAT": "xml"})
