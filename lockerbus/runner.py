@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .app import BUS, GATEWAY, SETTINGS, create_app, store_options
+from .app import BUS, GATEWAY, METRICS, SETTINGS, STORE, create_app, store_options
 from .config import Settings
 from .errors import StoreUnavailableError
+from .http import metrics_response
 from .log import access_logger, app_logger
 from .startup import listen_failed, store_failed, wait_for_store
 
@@ -34,10 +35,13 @@ class RunningApp:
     site: web.TCPSite
     host: str
     port: int
+    metrics_runner: web.AppRunner | None = None
 
     async def stop(self) -> None:
         """Graceful stop; see the module docstring for the order."""
         await self.site.stop()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         bus = self.app[BUS]
         bus.stop_accepting()
         if not await bus.drain(self.app[SETTINGS].shutdown_grace_seconds):
@@ -74,7 +78,33 @@ async def start(settings: Settings, app: web.Application | None = None) -> Runni
     server = getattr(site, "_server", None)
     if server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
-    return RunningApp(app, runner, site, settings.host, port)
+    running = RunningApp(app, runner, site, settings.host, port)
+    if settings.metrics_port is not None:
+        try:
+            running.metrics_runner = await _serve_metrics(app, settings.host, settings.metrics_port)
+        except BaseException:
+            await running.stop()
+            raise
+    return running
+
+
+async def _serve_metrics(main: web.Application, host: str, port: int) -> web.AppRunner:
+    """/metrics alone on its own port, so scrapes can stay inside the cluster network."""
+    metrics, store = main[METRICS], main[STORE]
+
+    async def handler(request: web.Request) -> web.Response:
+        return await metrics_response(metrics, store)
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise listen_failed(host, port, exc, setting="metrics_port") from None
+    return runner
 
 
 async def serve_until_signalled(settings: Settings) -> None:

@@ -45,10 +45,10 @@ def store_failed(exc: StoreUnavailableError) -> StartupError:
     return StartupError("store", f"cannot open the store: {exc.message}", EXIT_STORE_UNAVAILABLE)
 
 
-def listen_failed(host: str, port: int, exc: OSError) -> StartupError:
+def listen_failed(host: str, port: int, exc: OSError, setting: str = "port") -> StartupError:
     """``host:port`` could not be bound."""
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    return StartupError("port", f"cannot listen on {host}:{port}: {reason}", EXIT_CANNOT_LISTEN)
+    return StartupError(setting, f"cannot listen on {host}:{port}: {reason}", EXIT_CANNOT_LISTEN)
 
 
 async def probe_store(url: str, options: StoreOptions) -> None:
