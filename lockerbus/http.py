@@ -53,6 +53,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except LockerbusError as exc:
         return error_response(exc)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        return _routing_error(request, exc)
     except web.HTTPException:
         raise
     except Exception:
@@ -60,6 +62,34 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return json_response(
             {"error": {"code": "internal_error", "message": "internal error"}}, status=500
         )
+
+
+def _routing_error(
+    request: web.Request, exc: web.HTTPNotFound | web.HTTPMethodNotAllowed
+) -> web.Response:
+    """No such route, or not with this method: the contract's error body, not plain text."""
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = json_response(
+            {
+                "error": {
+                    "code": "method_not_allowed",
+                    "message": f"{request.method} is not allowed on {request.path[:200]} "
+                    f"(allowed: {allowed})",
+                }
+            },
+            status=405,
+        )
+        response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return response
+    return json_response(
+        {"error": {"code": "not_found", "message": f"no route {request.path[:200]}"}}, status=404
+    )
+
+
+async def server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Name the product only: no Python or aiohttp version for scanners to match."""
+    response.headers["Server"] = "lockerbus"
 
 
 class HttpApi:
@@ -88,6 +118,7 @@ class HttpApi:
 
     def add_routes(self, app: web.Application) -> None:
         """Register the routes on ``app``."""
+        app.on_response_prepare.append(server_header)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_text)
