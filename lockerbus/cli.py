@@ -1,4 +1,4 @@
-"""The ``lockerbus`` command: ``serve`` and ``token``."""
+"""The ``lockerbus`` command: ``serve``, ``config`` and ``token``."""
 
 from __future__ import annotations
 
@@ -25,16 +25,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lockerbus {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", help="port to listen on (default 8080)")
-    serve.add_argument("--config", help="TOML settings file")
-    serve.add_argument("--store", help="memory, sqlite:///path.db or redis://host:port/db")
+    _setting_flags(serve)
+    config = commands.add_parser(
+        "config", help="print the effective settings and where each came from (secrets redacted)"
+    )
+    _setting_flags(config)
+    config.add_argument(
+        "--check", action="store_true", help="only check: exit 0 when valid, 2 when not"
+    )
     token = commands.add_parser("token", help="print a JWT signed with the configured secret")
     token.add_argument("--role", required=True, choices=ROLES)
     token.add_argument("--sub", required=True, help="principal id (a kiosk's id for role kiosk)")
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
     token.add_argument("--config", help="TOML settings file")
     return parser
+
+
+def _setting_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", help="port to listen on (default 8080)")
+    parser.add_argument("--config", help="TOML settings file")
+    parser.add_argument("--store", help="memory, sqlite:///path.db or redis://host:port/db")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return serve(loaded)
     loaded.warn_unknown()
+    if args.command == "config":
+        return _config(loaded, check=args.check)
     if args.command == "token":
         if settings.secret is None:
             print("lockerbus: no secret configured (set LOCKERBUS_SECRET)", file=sys.stderr)
@@ -63,6 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(issue_token(settings.secret, args.role, args.sub, args.ttl))
         return 0
     raise AssertionError(f"unhandled command {args.command}")  # argparse requires one
+
+
+def _config(loaded: LoadedSettings, *, check: bool) -> int:
+    """Print the settings (stdout), or with ``check`` just confirm they are valid (stderr)."""
+    if check:
+        print("lockerbus: configuration is valid", file=sys.stderr)
+        return 0
+    from .settings_report import report_lines
+
+    print("\n".join(report_lines(loaded)))
+    return 0
 
 
 def serve(loaded: LoadedSettings) -> int:

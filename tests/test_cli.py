@@ -280,3 +280,52 @@ def test_serve_with_a_secret_prints_no_tokens(serve: Any) -> None:
     server.wait_for_line("serving on", timeout=60)
     assert not any("DEV MODE" in line for line in server.seen)
     assert server.get("/healthz") == (200, {"status": "ok"})
+
+
+def test_config_prints_effective_settings_with_sources_and_no_secrets(tmp_path: Path) -> None:
+    import tomllib
+
+    toml = tmp_path / "lockerbus.toml"
+    toml.write_text('[lockerbus]\nmax_events = 77\nadmin_password = "hunter2-hunter2"\n')
+    env = clean_env(
+        LOCKERBUS_SECRET=SECRET,
+        LOCKERBUS_STORE="redis://user:s3cret-pw@redis.example:6379/0",
+        LOCKERBUS_MESSAGE_QUEUE="redis://user:s3cret-pw@redis.example:6379/0",
+    )
+    result = run("config", "--config", str(toml), "--port", "9123", env=env)
+    assert result.returncode == 0, result.stderr
+    for secret in (SECRET, "s3cret-pw", "hunter2-hunter2"):
+        assert secret not in result.stdout
+    lines = {line.split(" ", 1)[0]: line for line in result.stdout.splitlines()}
+    assert lines["port"].endswith("# flag")
+    assert lines["max_events"].endswith("# file")
+    assert lines["secret"].endswith("# env")
+    assert lines["host"].endswith("# default")
+    # what it prints is TOML a reader can load again
+    parsed = tomllib.loads(result.stdout)["lockerbus"]
+    assert parsed["port"] == 9123
+    assert parsed["max_events"] == 77
+    assert parsed["store"] == "redis://user:<redacted>@redis.example:6379/0"
+    assert parsed["secret"] == "<redacted>"
+
+
+def test_config_check_passes_a_good_configuration() -> None:
+    result = run("config", "--check", env=clean_env(LOCKERBUS_SECRET=SECRET))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "valid" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LOCKERBUS_PORT": "eighty"},
+        {"LOCKERBUS_SECRET": "short"},
+        {"LOCKERBUS_MAX_SEND_QUEUE": "10"},
+    ],
+)
+def test_config_check_fails_a_bad_configuration(env: dict[str, str]) -> None:
+    result = run("config", "--check", env=clean_env(**env))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert next(iter(env)) in result.stderr or "replay_buffer_size" in result.stderr
