@@ -23,7 +23,7 @@ from .config import Settings
 from .errors import StoreUnavailableError
 from .http import metrics_response
 from .log import access_logger, app_logger
-from .startup import listen_failed, store_failed, wait_for_store
+from .startup import listen_failed, startup_failed, store_failed, wait_for_store
 
 
 @dataclass(slots=True)
@@ -68,6 +68,10 @@ async def start(settings: Settings, app: web.Application | None = None) -> Runni
     except StoreUnavailableError as exc:
         await runner.cleanup()
         raise store_failed(exc) from None
+    except Exception as exc:  # e.g. the message queue's Redis: still one line, exit 1
+        app_logger.debug("start-up failed", exc_info=True)
+        await runner.cleanup()
+        raise startup_failed(exc) from None
     site = web.TCPSite(runner, settings.host, settings.port)
     try:
         await site.start()

@@ -51,6 +51,11 @@ def listen_failed(host: str, port: int, exc: OSError, setting: str = "port") -> 
     return StartupError(setting, f"cannot listen on {host}:{port}: {reason}", EXIT_CANNOT_LISTEN)
 
 
+def startup_failed(exc: Exception) -> StartupError:
+    """Anything else that stopped start-up (the traceback is logged at DEBUG)."""
+    return StartupError("start-up", f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+
+
 async def probe_store(url: str, options: StoreOptions) -> None:
     """Open and close the store once; raises StoreUnavailableError saying why not."""
     store = open_store(url, options)
