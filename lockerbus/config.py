@@ -8,6 +8,8 @@ setting it is about, so start-up can stop with one clear line.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +41,15 @@ def validate_store_url(url: str) -> str:
     if url.startswith(REDIS_SCHEMES):
         return url
     raise ConfigError("store", f"{url!r} is not memory, sqlite:///path.db or redis://host:port/db")
+LOG_FORMATS: Final = ("text", "json")
+# Kubernetes injects these for a Service named lockerbus(-anything); they are not settings
+_SERVICE_LINK: Final = re.compile(
+    r"LOCKERBUS(_[A-Z0-9_]+)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+    r"|PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)"
+)
+_SERVICE_URL: Final = re.compile(r"(tcp|udp|sctp)://")
+
+config_logger = logging.getLogger("lockerbus.config")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +81,10 @@ class Settings:
     admin_username: str | None = None
     admin_password: str | None = None
     shutdown_grace_seconds: float = 5.0
+    store_wait_seconds: float = 0.0
+    log_format: str = "text"
+    access_log: bool = False
+    metrics_port: int | None = None
 
     @property
     def dev_mode(self) -> bool:
@@ -136,6 +151,12 @@ def _parse_optional_str(key: str, value: Any) -> str | None:
     return text or None
 
 
+def _parse_optional_port(key: str, value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _parse_int(key, value)
+
+
 def _parse_origins(key: str, value: Any) -> tuple[str, ...] | None:
     items: list[Any]
     if isinstance(value, str):
@@ -181,6 +202,10 @@ _PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "admin_username": _parse_optional_str,
     "admin_password": _parse_optional_str,
     "shutdown_grace_seconds": _parse_float,
+    "store_wait_seconds": _parse_float,
+    "log_format": lambda key, value: _parse_str(key, value).lower(),
+    "access_log": _parse_bool,
+    "metrics_port": _parse_optional_port,
 }
 
 SETTING_NAMES: Final = tuple(_PARSERS)
@@ -234,6 +259,13 @@ def _check(settings: Settings) -> None:
         )
     _positive(settings, "replay_window_minutes", allow_zero=True)
     _positive(settings, "shutdown_grace_seconds", allow_zero=True)
+    _positive(settings, "store_wait_seconds", allow_zero=True)
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+    if settings.metrics_port is not None and not 0 < settings.metrics_port < 65536:
+        raise ConfigError("metrics_port", f"must be 1-65535, got {settings.metrics_port}")
+    if settings.metrics_port is not None and settings.metrics_port == settings.port:
+        raise ConfigError("metrics_port", "must differ from port")
     if settings.log_level not in LOG_LEVELS:
         raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
     if settings.admin_ui and not (settings.admin_username and settings.admin_password):
@@ -254,28 +286,50 @@ def _read_toml(path: str) -> dict[str, Any]:
     return section
 
 
-def load_settings(
+@dataclass(frozen=True, slots=True)
+class LoadedSettings:
+    """Settings with where each came from, and the variables that were not ours."""
+
+    settings: Settings
+    # setting -> "flag", "env" or "file"; a setting not listed has its default
+    sources: Mapping[str, str]
+    # LOCKERBUS_* variables that are neither settings nor Kubernetes service links
+    unknown_env: tuple[str, ...] = ()
+
+    def warn_unknown(self) -> None:
+        """Log one warning listing the unknown variables (a typo is otherwise silent)."""
+        if self.unknown_env:
+            config_logger.warning(
+                "ignoring unknown environment variables: %s", ", ".join(self.unknown_env)
+            )
+
+
+def read_settings(
     *,
     flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     config_file: str | None = None,
-) -> Settings:
+) -> LoadedSettings:
     """Read settings once, in the contract's order of precedence.
 
     ``env`` is the process environment (only ``LOCKERBUS_*`` is looked at);
     ``config_file`` falls back to ``LOCKERBUS_CONFIG``.  Flags whose value is
-    None are treated as not given.
+    None are treated as not given.  An unknown key in the file is an error; an
+    unknown ``LOCKERBUS_*`` variable is only reported in ``unknown_env``, since
+    platforms (Kubernetes service links) set variables of their own there.
     """
     env = env or {}
     values: dict[str, Any] = {}
     config_file = config_file or env.get(CONFIG_ENV) or None
+    env_layer, unknown = _env_layer(env)
     layers: list[tuple[str, Mapping[str, Any], Callable[[str], str]]] = []
     if config_file:
         layers.append(("file", _read_toml(config_file), lambda key: key))
-    layers.append(("env", _env_layer(env), env_name))
+    layers.append(("env", env_layer, env_name))
     layers.append(("flag", {k: v for k, v in (flags or {}).items() if v is not None}, _flag))
     origins: dict[str, str] = {}
-    for _origin, layer, label in layers:
+    sources: dict[str, str] = {}
+    for origin, layer, label in layers:
         for key, raw in layer.items():
             if key not in _PARSERS:
                 raise ConfigError(label(key), "unknown setting")
@@ -284,24 +338,44 @@ def load_settings(
             except ConfigError as exc:
                 raise ConfigError(label(key), exc.message.split(": ", 1)[-1]) from None
             origins[key] = label(key)
+            sources[key] = origin
     settings = Settings(**values)
     try:
         _check(settings)
     except ConfigError as exc:
         # name the setting as the user wrote it (LOCKERBUS_SECRET, --port, ...)
         raise ConfigError(origins.get(exc.key, exc.key), exc.message.split(": ", 1)[-1]) from None
-    return settings
+    return LoadedSettings(settings, sources, tuple(unknown))
+
+
+def load_settings(
+    *,
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """:func:`read_settings`, warning once about unknown variables; just the settings."""
+    loaded = read_settings(flags=flags, env=env, config_file=config_file)
+    loaded.warn_unknown()
+    return loaded.settings
 
 
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def _env_layer(env: Mapping[str, str]) -> dict[str, str]:
+def _env_layer(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The settings among ``LOCKERBUS_*`` variables, and the unknown names."""
     layer: dict[str, str] = {}
-    for name, value in env.items():
+    unknown: list[str] = []
+    for name, value in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
+        if _SERVICE_LINK.fullmatch(name) or (name.endswith("_PORT") and _SERVICE_URL.match(value)):
+            continue  # LOCKERBUS_PORT=tcp://10.0.0.1:8080 is a service link, never the port
         key = name[len(ENV_PREFIX) :].lower()
-        layer[key] = value
-    return layer
+        if key in _PARSERS:
+            layer[key] = value
+        else:
+            unknown.append(name)
+    return layer, unknown

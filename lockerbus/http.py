@@ -44,6 +44,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except LockerbusError as exc:
         return error_response(exc)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        return _routing_error(request, exc)
     except web.HTTPException:
         raise
     except Exception:
@@ -51,6 +53,34 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return json_response(
             {"error": {"code": "internal_error", "message": "internal error"}}, status=500
         )
+
+
+def _routing_error(
+    request: web.Request, exc: web.HTTPNotFound | web.HTTPMethodNotAllowed
+) -> web.Response:
+    """No such route, or not with this method: the contract's error body, not plain text."""
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = json_response(
+            {
+                "error": {
+                    "code": "method_not_allowed",
+                    "message": f"{request.method} is not allowed on {request.path[:200]} "
+                    f"(allowed: {allowed})",
+                }
+            },
+            status=405,
+        )
+        response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return response
+    return json_response(
+        {"error": {"code": "not_found", "message": f"no route {request.path[:200]}"}}, status=404
+    )
+
+
+async def server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Name the product only: no Python or aiohttp version for scanners to match."""
+    response.headers["Server"] = "lockerbus"
 
 
 class HttpApi:
@@ -79,6 +109,7 @@ class HttpApi:
 
     def add_routes(self, app: web.Application) -> None:
         """Register the routes on ``app``."""
+        app.on_response_prepare.append(server_header)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_text)
@@ -160,17 +191,22 @@ class HttpApi:
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         """Prometheus text exposition."""
-        try:
-            stats = await self.store.stats()
-        except StoreUnavailableError:
-            pass  # the last figures stay; /readyz says why
-        else:
-            self.metrics.store_events.set(stats.events)
-            self.metrics.evictions.values = dict(stats.evictions)
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
+        return await metrics_response(self.metrics, self.store)
+
+
+async def metrics_response(metrics: Metrics, store: EventStore) -> web.Response:
+    """The Prometheus text, with the store's figures copied in first (main or metrics port)."""
+    try:
+        stats = await store.stats()
+    except StoreUnavailableError:
+        pass  # the last figures stay; /readyz says why
+    else:
+        metrics.store_events.set(stats.events)
+        metrics.evictions.values = dict(stats.evictions)
+    return web.Response(
+        body=generate_latest(metrics.registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
