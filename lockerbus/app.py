@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -11,7 +12,6 @@ from .board import BoardRoutes
 from .bus import EventBus
 from .config import Settings
 from .http import Handler, HttpApi, errors_middleware
-from .limits import PrincipalLimits
 from .log import app_logger
 from .metrics import Metrics
 from .projections import Projection
@@ -69,6 +69,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     bus = EventBus(service, store, metrics)
     projection = Projection()
     bus.on_stored.append(projection.apply)
+    bus.help_kiosk = functools.partial(projection.help_kiosk, store)
     client_manager = None
     if settings.message_queue:
         from .store.redis import events_channel
@@ -85,17 +86,17 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         return await gateway.stats()
 
     HttpApi(
-        secret=settings.secret,
+        verifier=gateway.verifier,
         bus=bus,
         store=store,
         metrics=metrics,
         commands=gateway.commands,
-        limits=PrincipalLimits(settings.rate_limit_per_second, settings.rate_limit_burst),
+        limits=gateway.limits,
         max_event_bytes=settings.max_event_bytes,
         stats=stats,
     ).add_routes(app)
     BoardRoutes(
-        secret=settings.secret,
+        verifier=gateway.verifier,
         store=store,
         projection=projection,
         board_enabled=settings.board_enabled,

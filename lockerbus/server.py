@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import socketio
 
-from .auth import Principal, check_subscribe_room, verify_token
+from .auth import Principal, TokenVerifier, check_subscribe_room
 from .bus import EventBus
 from .cluster import EVENT_PREFIX, ClusterRelay
 from .commands import CommandService, KioskDisconnected, KioskOffline
@@ -35,7 +35,7 @@ from .errors import (
 )
 from .events import EVENTS_NS, KIOSK_ROOM_PREFIX, NAMESPACES, Event
 from .fanout import Sender, encode_event
-from .limits import TokenBucket
+from .limits import RoleLimits, TokenBucket
 from .log import server_logger
 from .metrics import Metrics
 from .service import parse_since
@@ -93,7 +93,6 @@ class Connection:
     rooms: set[str] = field(default_factory=set)
     replaying: bool = True
     pending: list[Event] = field(default_factory=list)
-    bucket: TokenBucket | None = None
     #: every event of the namespace up to here that was meant for this connection was sent
     last_seq: int = 0
     gone: bool = False
@@ -256,7 +255,7 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             if auth is not None and not isinstance(auth, Mapping):
                 raise BadRequestError("auth must be an object: {token, ...}")
             auth = auth or {}
-            principal = verify_token(gw.secret, auth.get("token"))
+            principal = gw.verifier.verify(auth.get("token"))
             replay = parse_replay_request(auth, gw.settings.replay_window_minutes)
             if gw.hub.principal_count(principal.sub) >= gw.settings.max_connections_per_principal:
                 raise ForbiddenError(
@@ -326,7 +325,7 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         conn = self.gw.connection(self.namespace, sid)
         if self.namespace != EVENTS_NS:
             raise BadRequestError(f"commands are issued on {EVENTS_NS}")
-        event = await self.gw.commands.execute(conn.principal, payload)
+        event = await self.gw.commands.execute(conn.principal, payload, self.gw.bucket(conn))
         return {"ok": True, "event": event}
 
 
@@ -372,6 +371,8 @@ class SocketGateway:
         assert settings.secret is not None
         self.settings = settings
         self.secret: str = settings.secret
+        self.verifier = TokenVerifier(settings.secret, settings.previous_secrets)
+        self.limits = RoleLimits(settings.role_rate_limits())  # shared with HTTP: per principal
         self.bus = bus
         self.store = store
         self.metrics = metrics
@@ -385,6 +386,7 @@ class SocketGateway:
             kwargs["client_manager"] = client_manager
         self.sio = LockerbusServer(
             async_mode="aiohttp",
+            namespaces=list(NAMESPACES),  # any other, "/" included, is refused (§2)
             cors_allowed_origins=cors,
             http_compression=False,
             max_http_buffer_size=settings.max_event_bytes * 2 + 65536,
@@ -426,13 +428,9 @@ class SocketGateway:
         if not self.sender.abort(eio_sid):
             self.spawn(self.sio.eio.disconnect(eio_sid))
 
-    def bucket(self, conn: Connection) -> TokenBucket:
-        """The connection's publish rate bucket, made on its first publish."""
-        if conn.bucket is None:
-            conn.bucket = TokenBucket(
-                self.settings.rate_limit_per_second, self.settings.rate_limit_burst
-            )
-        return conn.bucket
+    def bucket(self, conn: Connection) -> TokenBucket | None:
+        """The principal's publish rate bucket (None: its role is not limited)."""
+        return self.limits.bucket(conn.principal.sub, conn.principal.role)
 
     def connection(self, namespace: str, sid: str) -> Connection:
         conn = self.hub.get(namespace, sid)
