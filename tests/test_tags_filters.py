@@ -184,3 +184,51 @@ def test_scope_and_filter_match_consistently(
     event = {"type": "locker_state_changed", "tags": tags}
     assert principal.reads(event) == (reference_match(scope, tags) and own_kiosk)
     assert principal.may_publish(event) == principal.reads(event)
+
+
+# -- per-connection views and the kiosk-indexed audience (for socket delivery) ----------
+
+
+def test_connection_views() -> None:
+    from lockerbus.views import ConnectionViews
+
+    kiosk = Principal("k1", "kiosk")
+    views = ConnectionViews.from_auth(kiosk, {"filter": {"state": "error"}})
+    assert views.fallback({"kiosk": "k1", "state": "error"})
+    assert not views.fallback({"kiosk": "k1", "state": "open"})
+    assert not views.fallback({"kiosk": "k2", "state": "error"})  # never wider than the scope
+    assert views.room("locker_updates", {"kiosk": "k1", "state": "open"})  # no room filter
+    views.subscribe("locker_updates", {"locker": ["L1"]})
+    assert views.room("locker_updates", {"kiosk": "k1", "locker": "L1"})
+    assert not views.room("locker_updates", {"kiosk": "k2", "locker": "L1"})
+    views.unsubscribe("locker_updates")
+    assert views.room("locker_updates", {"kiosk": "k1", "locker": "L9"})
+    events = [{"tags": {"kiosk": "k1", "state": "error"}}, {"tags": {"kiosk": "k1"}}, {"x": 1}]
+    assert views.replay(events) == events[:1]
+    with pytest.raises(BadRequestError, match=r"auth\.filter"):
+        ConnectionViews.from_auth(kiosk, {"filter": {"kiosk": []}})
+
+
+@settings(max_examples=300)
+@given(
+    members=st.lists(st.tuples(filters, st.sampled_from(["kiosk", "panel"]))),
+    tags=tag_sets,
+)
+def test_audience_yields_exactly_the_members_whose_scope_matches(
+    members: list[tuple[dict[str, Any], str]], tags: dict[str, str]
+) -> None:
+    from lockerbus.views import Audience
+
+    audience: Audience[int, int] = Audience()
+    principals = {}
+    for key, (scope, role) in enumerate(members):
+        principals[key] = Principal(f"{'abcd'[key % 4]}", role, scope=parse_filter(scope))
+        audience.add(key, key, principals[key].reach)
+    for key in list(principals)[::3]:  # some leave again
+        audience.discard(key)
+        del principals[key]
+    readers = list(audience.readers(tags))
+    assert sorted(readers) == sorted(k for k, p in principals.items() if p.reach.matches(tags))
+    assert len(set(readers)) == len(readers)
+    assert audience.any_reader(tags) == bool(readers)
+    assert len(audience) == len(principals)
