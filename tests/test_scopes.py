@@ -8,6 +8,7 @@ previous secrets, and refused namespaces.
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import aiohttp
@@ -220,3 +221,67 @@ async def test_other_namespaces_are_refused(server, namespace: str, with_token: 
     if with_token:
         ok = await connect(server, "/ws/lockers", token=token)
         assert "/ws/lockers" in ok.sio.namespaces
+
+
+async def page_all(
+    server: RunningServer,
+    http: aiohttp.ClientSession,
+    namespace: str,
+    headers: dict[str, str],
+    limit: int,
+    client_filter: dict[str, Any] | None,
+) -> list[Any]:
+    """Every event a caller reads in ``namespace``, paging with ``limit``."""
+    events: list[Any] = []
+    after = 0
+    while True:
+        path = f"/api/events?namespace={namespace}&limit={limit}&after_seq={after}"
+        if client_filter is not None:
+            path += f"&filter={json.dumps(client_filter)}"
+        status, page = await get(server, http, path, headers)
+        assert status == 200, page
+        assert len(page["events"]) <= limit
+        events += page["events"]
+        if not page["has_more"]:
+            return events
+        assert page["events"], "has_more with an empty page"
+        after = page["last_seq"]
+
+
+async def test_http_reads_are_exactly_the_scope_and_filter(server, http) -> None:
+    """Random fleets, scopes and filters: a page never shows an event outside them."""
+    rng = random.Random(14)
+    kiosks = ["kiosk-1", "kiosk-2", "kiosk-3"]
+    for n in range(60):
+        kiosk = rng.choice(kiosks)
+        body = locker_event(n, kiosk) if n % 3 else help_request(n, kiosk)
+        assert (await server.post_event(http, body))[0] == 201
+    await connect(server, "/ws/events", role="panel", sub="staff")  # a connection event
+    namespaces = ["/ws/lockers", "/ws/help", "/ws/events"]
+    everything = {
+        ns: await page_all(server, http, ns, server.headers(), 1000, None) for ns in namespaces
+    }
+    for _ in range(12):
+        role = rng.choice(["kiosk", "panel", "gateway"])
+        sub = rng.choice(kiosks)
+        scope = rng.choice([None, {"kiosk": rng.sample(kiosks, 2)}, {"state": "open"}])
+        client = rng.choice([None, {"kiosk": rng.choice(kiosks)}, {"state": ["closed"]}])
+        headers = scoped_headers(role, sub, scope)
+        for ns in namespaces:
+            got = await page_all(server, http, ns, headers, rng.choice([1, 3, 50]), client)
+            want = [
+                e
+                for e in everything[ns]
+                if reference(scope, e["tags"])
+                and reference(client, e["tags"])
+                and (role != "kiosk" or e["tags"].get("kiosk") == sub)
+            ]
+            assert [e["seq"] for e in got] == [e["seq"] for e in want], (role, scope, client)
+
+
+def reference(spec: dict[str, Any] | None, tags: dict[str, str]) -> bool:
+    """§10's matching rule, written out."""
+    for key, want in (spec or {}).items():
+        if tags.get(key) not in ([want] if isinstance(want, str) else want):
+            return False
+    return True
