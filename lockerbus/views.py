@@ -79,17 +79,21 @@ class Audience(Generic[K, M]):
     matches an event's tags, visiting only the event's kiosk and the open ones.
     """
 
-    __slots__ = ("_open", "_pinned", "_reach")
+    __slots__ = ("_all", "_open", "_pinned", "_reach")
 
     def __init__(self) -> None:
         self._pinned: dict[str, dict[K, M]] = {}
         self._open: dict[K, M] = {}
+        self._all: dict[K, M] = {}  # unscoped: every event, no check
         self._reach: dict[K, Filter] = {}
 
     def add(self, key: K, member: M, reach: Filter) -> None:
         """Add (or replace) ``member`` with its scope ``reach``."""
         self.discard(key)
         self._reach[key] = reach
+        if reach.everything:
+            self._all[key] = member
+            return
         kiosks = dict(reach.items).get("kiosk")
         if kiosks is None:
             self._open[key] = member
@@ -102,7 +106,7 @@ class Audience(Generic[K, M]):
         reach = self._reach.pop(key, None)
         if reach is None:
             return
-        if self._open.pop(key, None) is not None:
+        if self._all.pop(key, None) is not None or self._open.pop(key, None) is not None:
             return
         for kiosk in dict(reach.items).get("kiosk", ()):
             bucket = self._pinned.get(kiosk)
@@ -127,6 +131,7 @@ class Audience(Generic[K, M]):
         for key, member in self._open.items():
             if reach[key].matches(tags):
                 yield member
+        yield from self._all.values()
 
     def any_reader(self, tags: Mapping[str, str]) -> bool:
         """Whether some member may read ``tags`` (else the event falls back, §3)."""
