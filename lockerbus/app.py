@@ -8,11 +8,13 @@ already started, so nothing is left open.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
+from .auth import TokenVerifier
 from .board import BoardRoutes
 from .bus import EventBus
 from .commands import CommandService
@@ -21,7 +23,7 @@ from .delivery import Background, Broadcaster, CatchUp, Hub
 from .events import NAMESPACES
 from .http import Handler, HttpApi, errors_middleware
 from .kiosk_link import SocketKioskLink
-from .limits import PrincipalLimits
+from .limits import RoleLimits
 from .log import app_logger
 from .metrics import Metrics
 from .projections import Projection
@@ -102,32 +104,41 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     )
     relay = cluster.relay(hub, store, catchup.resync) if cluster is not None else None
     broadcaster: Broadcaster = relay if relay is not None else hub
-    bus = EventBus(service, store, metrics, broadcaster, on_stored=[projection.apply])
+    bus = EventBus(
+        service,
+        store,
+        metrics,
+        broadcaster,
+        on_stored=[projection.apply],
+        help_kiosk=functools.partial(projection.help_kiosk, store),
+    )
     presence = cluster.presence if cluster is not None else None
     commands = CommandService(
         bus,
         SocketKioskLink(sio, hub, presence),
         timeout_seconds=settings.command_timeout_seconds,
     )
+    verifier = TokenVerifier(secret, settings.previous_secrets)
+    limits = RoleLimits(settings.role_rate_limits())  # per principal, sockets and HTTP
     services = SocketServices(
-        settings, secret, hub, catchup, bus, commands, metrics, tasks, presence
+        settings, verifier, limits, hub, catchup, bus, commands, metrics, tasks, presence
     )
     sio.serve([LockerbusNamespace(ns, services) for ns in NAMESPACES], settings)
     sio.attach(app)
     sockets = Sockets(sio, hub, tasks, relay=relay)
     stats = Stats(hub, store, metrics, relay=relay, presence=presence)
     HttpApi(
-        secret=secret,
+        verifier=verifier,
         bus=bus,
         store=store,
         metrics=metrics,
         commands=commands,
-        limits=PrincipalLimits(settings.rate_limit_per_second, settings.rate_limit_burst),
+        limits=limits,
         max_event_bytes=settings.max_event_bytes,
         stats=stats,
     ).add_routes(app)
     BoardRoutes(
-        secret=secret,
+        verifier=verifier,
         store=store,
         projection=projection,
         board_enabled=settings.board_enabled,

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from . import __version__
 from .auth import ROLES, issue_token
 from .config import LoadedSettings, Settings, read_settings
-from .errors import ConfigError
+from .errors import BadRequestError, ConfigError
+from .filters import parse_filter_json
 
 DEV_SUBS = {"kiosk": "kiosk-1", "panel": "panel-1", "gateway": "gateway-1", "admin": "admin"}
 
@@ -37,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", required=True, choices=ROLES)
     token.add_argument("--sub", required=True, help="principal id (a kiosk's id for role kiosk)")
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    token.add_argument("--scope", help='a filter it is confined to: \'{"kiosk": ["kiosk-1"]}\'')
     token.add_argument("--config", help="TOML settings file")
     return parser
 
@@ -73,7 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.sub:
             print("lockerbus: --sub must not be empty", file=sys.stderr)
             return 2
-        print(issue_token(settings.secret, args.role, args.sub, args.ttl))
+        try:
+            scope = None if args.scope is None else parse_filter_json(args.scope, "--scope")
+        except BadRequestError as exc:
+            print(f"lockerbus: {exc.message}", file=sys.stderr)
+            return 2
+        print(issue_token(settings.secret, args.role, args.sub, args.ttl, scope=scope))
         return 0
     raise AssertionError(f"unhandled command {args.command}")  # argparse requires one
 

@@ -41,6 +41,8 @@ def validate_store_url(url: str) -> str:
     if url.startswith(REDIS_SCHEMES):
         return url
     raise ConfigError("store", f"{url!r} is not memory, sqlite:///path.db or redis://host:port/db")
+
+
 LOG_FORMATS: Final = ("text", "json")
 # Kubernetes injects these for a Service named lockerbus(-anything); they are not settings
 _SERVICE_LINK: Final = re.compile(
@@ -50,6 +52,9 @@ _SERVICE_LINK: Final = re.compile(
 _SERVICE_URL: Final = re.compile(r"(tcp|udp|sctp)://")
 
 config_logger = logging.getLogger("lockerbus.config")
+# the roles of contract §2 (auth.ROLES is this tuple; config stays below auth)
+ROLE_NAMES: Final = ("kiosk", "panel", "gateway", "admin")
+LIMITED_BY_DEFAULT: Final = frozenset({"kiosk", "panel"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     secret: str | None = None
+    previous_secrets: tuple[str, ...] = ()
     store: str = "memory"
     message_queue: str | None = None
     max_events: int = 10_000
@@ -73,6 +79,16 @@ class Settings:
     websocket_compression: bool = False
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 100
+    #: per-role overrides; None: kiosk and panel take the two above, gateway and admin
+    #: are not limited (contract §2)
+    rate_limit_kiosk_per_second: float | None = None
+    rate_limit_kiosk_burst: int | None = None
+    rate_limit_panel_per_second: float | None = None
+    rate_limit_panel_burst: int | None = None
+    rate_limit_gateway_per_second: float | None = None
+    rate_limit_gateway_burst: int | None = None
+    rate_limit_admin_per_second: float | None = None
+    rate_limit_admin_burst: int | None = None
     max_connections_per_principal: int = 100
     max_send_queue: int = 5000
     max_send_buffer_bytes: int = 4 << 20
@@ -94,6 +110,22 @@ class Settings:
     @property
     def ttl_seconds(self) -> float:
         return self.ttl_hours * 3600
+
+    def role_rate_limits(self) -> dict[str, tuple[float, int] | None]:
+        """Publish rate and burst per role; None where a role is not limited."""
+        limits: dict[str, tuple[float, int] | None] = {}
+        for role in ROLE_NAMES:
+            rate = getattr(self, f"rate_limit_{role}_per_second")
+            burst = getattr(self, f"rate_limit_{role}_burst")
+            if rate is None and burst is None and role in LIMITED_BY_DEFAULT:
+                rate, burst = self.rate_limit_per_second, self.rate_limit_burst
+            if rate is None and burst is None:
+                limits[role] = None
+                continue
+            rate = self.rate_limit_per_second if rate is None else rate
+            burst = self.rate_limit_burst if burst is None else burst
+            limits[role] = (rate, burst)
+        return limits
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and checked."""
@@ -157,6 +189,34 @@ def _parse_optional_port(key: str, value: Any) -> int | None:
     return _parse_int(key, value)
 
 
+def _parse_optional_float(key: str, value: Any) -> float | None:
+    if isinstance(value, str) and not value.strip():
+        return None
+    return _parse_float(key, value)
+
+
+def _parse_optional_int(key: str, value: Any) -> int | None:
+    if isinstance(value, str) and not value.strip():
+        return None
+    return _parse_int(key, value)
+
+
+def _parse_secrets(key: str, value: Any) -> tuple[str, ...]:
+    items: list[Any]
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(key, "expected a comma-separated list of secrets")
+    for item in items:
+        if not isinstance(item, str) or len(item.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                key, f"each secret must be a string of at least {MIN_SECRET_BYTES} bytes"
+            )
+    return tuple(items)
+
+
 def _parse_origins(key: str, value: Any) -> tuple[str, ...] | None:
     items: list[Any]
     if isinstance(value, str):
@@ -180,6 +240,7 @@ _PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "port": _parse_int,
     # set but empty is a mistake (an unset variable in a template), not dev mode
     "secret": _parse_str,
+    "previous_secrets": _parse_secrets,
     "store": _parse_str,
     "message_queue": _parse_optional_str,
     "max_events": _parse_int,
@@ -194,6 +255,8 @@ _PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "websocket_compression": _parse_bool,
     "rate_limit_per_second": _parse_float,
     "rate_limit_burst": _parse_int,
+    **{f"rate_limit_{role}_per_second": _parse_optional_float for role in ROLE_NAMES},
+    **{f"rate_limit_{role}_burst": _parse_optional_int for role in ROLE_NAMES},
     "max_connections_per_principal": _parse_int,
     "max_send_queue": _parse_int,
     "max_send_buffer_bytes": _parse_int,
@@ -257,6 +320,12 @@ def _check(settings: Settings) -> None:
             f"must be below max_send_queue ({settings.max_send_queue}), "
             f"got {settings.replay_buffer_size}",
         )
+    for role in ROLE_NAMES:
+        for key in (f"rate_limit_{role}_per_second", f"rate_limit_{role}_burst"):
+            if getattr(settings, key) is not None:
+                _positive(settings, key)
+    if settings.previous_secrets and settings.secret is None:
+        raise ConfigError("previous_secrets", "needs secret: tokens are signed with it")
     _positive(settings, "replay_window_minutes", allow_zero=True)
     _positive(settings, "shutdown_grace_seconds", allow_zero=True)
     _positive(settings, "store_wait_seconds", allow_zero=True)

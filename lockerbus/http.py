@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .auth import STATS_ROLES, Principal, bearer_token, verify_token
+from .auth import STATS_ROLES, Principal, TokenVerifier, bearer_token
 from .bus import EventBus
 from .commands import CommandService
 from .errors import (
@@ -24,9 +24,11 @@ from .errors import (
     StoreUnavailableError,
 )
 from .events import NAMESPACES
-from .limits import PrincipalLimits
+from .filters import parse_filter_json
+from .limits import RoleLimits
 from .log import access_logger
 from .metrics import Metrics
+from .reads import read_events
 from .responses import error_response, json_response
 from .service import parse_since
 from .store import EventStore
@@ -89,16 +91,16 @@ class HttpApi:
     def __init__(
         self,
         *,
-        secret: str,
+        verifier: TokenVerifier,
         bus: EventBus,
         store: EventStore,
         metrics: Metrics,
         commands: CommandService,
-        limits: PrincipalLimits,
+        limits: RoleLimits,
         max_event_bytes: int,
         stats: Callable[[], Awaitable[dict[str, Any]]],
     ) -> None:
-        self.secret = secret
+        self.verifier = verifier
         self.bus = bus
         self.store = store
         self.metrics = metrics
@@ -120,7 +122,7 @@ class HttpApi:
 
     def principal(self, request: web.Request) -> Principal:
         """The caller of a request, from ``Authorization: Bearer <jwt>``."""
-        return verify_token(self.secret, bearer_token(request.headers.get("Authorization")))
+        return self.verifier.verify(bearer_token(request.headers.get("Authorization")))
 
     async def healthz(self, request: web.Request) -> web.Response:
         """200 while the process serves; no dependency is consulted."""
@@ -139,7 +141,7 @@ class HttpApi:
         principal = self.principal(request)
         payload = await self._json_body(request)
         event = await self.bus.publish_request(
-            payload, principal=principal, bucket=self.limits.bucket(principal.sub)
+            payload, principal=principal, bucket=self.limits.bucket(principal.sub, principal.role)
         )
         return json_response(event, status=201)
 
@@ -147,7 +149,8 @@ class HttpApi:
         """Run a command at a kiosk: 201 with the command_applied envelope."""
         principal = self.principal(request)
         payload = await self._json_body(request)
-        return json_response(await self.commands.execute(principal, payload), status=201)
+        bucket = self.limits.bucket(principal.sub, principal.role)
+        return json_response(await self.commands.execute(principal, payload, bucket), status=201)
 
     async def _json_body(self, request: web.Request) -> Any:
         if request.content_length is not None and request.content_length > self.max_body:
@@ -159,8 +162,8 @@ class HttpApi:
             raise BadRequestError(f"body is not valid JSON: {exc}") from None
 
     async def get_events(self, request: web.Request) -> web.Response:
-        """Page through a namespace's history, oldest first."""
-        self.principal(request)
+        """Page through a namespace's history, oldest first, within the caller's scope."""
+        principal = self.principal(request)
         query = request.query
         namespace = query.get("namespace", "")
         if namespace not in NAMESPACES:
@@ -172,14 +175,17 @@ class HttpApi:
         since = None
         if "since" in query:
             since = parse_since(query["since"], "since")
-        page = await self.store.page(namespace, after_seq=after_seq, since=since, limit=limit)
+        client_filter = parse_filter_json(query["filter"]) if "filter" in query else None
         return json_response(
-            {
-                "events": page.events,
-                "last_seq": page.last_seq,
-                "epoch": page.epoch,
-                "has_more": page.has_more,
-            }
+            await read_events(
+                self.store,
+                principal,
+                namespace,
+                after_seq=after_seq,
+                since=since,
+                limit=limit,
+                client_filter=client_filter,
+            )
         )
 
     async def get_stats(self, request: web.Request) -> web.Response:

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import socketio
 
-from .auth import check_subscribe_room, verify_token
+from .auth import TokenVerifier, check_subscribe_room
 from .bus import EventBus
 from .commands import CommandService
 from .config import Settings
 from .delivery import Background, CatchUp, Connection, Hub, parse_replay_request
 from .errors import BadRequestError, ForbiddenError, LockerbusError
-from .events import EVENTS_NS, KIOSK_ROOM_PREFIX
+from .events import EVENTS_NS, KIOSK_ROOM_PREFIX, NAMESPACES
 from .fanout import Sender
-from .limits import TokenBucket
+from .limits import RoleLimits, TokenBucket
 from .log import server_logger
 from .metrics import Metrics
 from .sio_adapter import HookedAsyncServer
@@ -56,7 +56,9 @@ class SocketServices:
     """What the namespace handlers work with, built by app.py."""
 
     settings: Settings
-    secret: str
+    verifier: TokenVerifier
+    #: publish rate buckets per principal, shared with HTTP (contract §2)
+    limits: RoleLimits
     hub: Hub
     catchup: CatchUp
     bus: EventBus
@@ -89,7 +91,7 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             if auth is not None and not isinstance(auth, Mapping):
                 raise BadRequestError("auth must be an object: {token, ...}")
             auth = auth or {}
-            principal = verify_token(svc.secret, auth.get("token"))
+            principal = svc.verifier.verify(auth.get("token"))
             replay = parse_replay_request(auth, svc.settings.replay_window_minutes)
             if svc.hub.principal_count(principal.sub) >= limit:
                 raise ForbiddenError(f"too many connections for {principal.sub}: at most {limit}")
@@ -163,7 +165,7 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         conn = self._connection(sid)
         if self.namespace != EVENTS_NS:
             raise BadRequestError(f"commands are issued on {EVENTS_NS}")
-        event = await self.svc.commands.execute(conn.principal, payload)
+        event = await self.svc.commands.execute(conn.principal, payload, self._bucket(conn))
         return {"ok": True, "event": event}
 
     def _connection(self, sid: str) -> Connection:
@@ -172,12 +174,9 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise BadRequestError("not connected")
         return conn
 
-    def _bucket(self, conn: Connection) -> TokenBucket:
-        """The connection's publish rate bucket, made on its first publish."""
-        if conn.bucket is None:
-            settings = self.svc.settings
-            conn.bucket = TokenBucket(settings.rate_limit_per_second, settings.rate_limit_burst)
-        return conn.bucket
+    def _bucket(self, conn: Connection) -> TokenBucket | None:
+        """The principal's publish rate bucket (None: its role is not limited)."""
+        return self.svc.limits.bucket(conn.principal.sub, conn.principal.role)
 
     async def _connection_event(
         self, event_type: str, conn: Connection, environ: Mapping[str, Any] | None
@@ -216,6 +215,7 @@ class LockerbusServer(HookedAsyncServer):
             kwargs["client_manager"] = client_manager
         super().__init__(
             async_mode="aiohttp",
+            namespaces=list(NAMESPACES),  # any other, "/" included, is refused (§2)
             cors_allowed_origins=cors,
             http_compression=False,
             max_http_buffer_size=settings.max_event_bytes * 2 + 65536,

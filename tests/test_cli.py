@@ -57,6 +57,28 @@ def test_token_ttl() -> None:
     assert time.time() + 80 < claims["exp"] <= time.time() + 91
 
 
+def test_token_scope_and_current_secret() -> None:
+    previous = "a-previous-secret-that-is-long-enough-000000"
+    env = clean_env(LOCKERBUS_SECRET=SECRET, LOCKERBUS_PREVIOUS_SECRETS=previous)
+    args = ["token", "--role", "panel", "--sub", "p1", "--scope", '{"kiosk": ["kiosk-1"]}']
+    result = run(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    # signed with the current secret, never a previous one
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert claims["scope"] == {"kiosk": ["kiosk-1"]}
+    assert verify_token(SECRET, token).reach.matches({"kiosk": "kiosk-1"})
+    assert not verify_token(SECRET, token).reach.matches({"kiosk": "kiosk-2"})
+
+
+@pytest.mark.parametrize("scope", ['{"kiosk": []}', "not json", '{"kiosk": 3}'])
+def test_token_bad_scope_is_refused(scope: str) -> None:
+    args = ["token", "--role", "panel", "--sub", "p1", "--scope", scope]
+    result = run(*args, env=clean_env(LOCKERBUS_SECRET=SECRET))
+    assert result.returncode == 2
+    assert "--scope" in result.stderr and result.stdout == ""
+
+
 def test_python_dash_m_works_too() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "lockerbus", "token", "--role", "admin", "--sub", "a"],

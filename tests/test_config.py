@@ -132,6 +132,7 @@ def test_toml_types_are_checked(toml_file: Any) -> None:
 
 # Every setting with a value that must stop start-up; settings that take any
 # string are listed apart, so a new setting cannot slip past this table.
+ROLE_ORDER = ("kiosk", "panel", "gateway", "admin")
 BAD_VALUES: dict[str, list[str]] = {
     "host": ["", "  "],
     "port": ["abc", "70000", "-1", "8080.5", ""],
@@ -160,6 +161,10 @@ BAD_VALUES: dict[str, list[str]] = {
     "log_format": ["xml", "plain"],
     "access_log": ["maybe"],
     "metrics_port": ["0", "70000", "8080", "nine"],
+    # a valid list without LOCKERBUS_SECRET: nothing to sign with
+    "previous_secrets": ["short", "x" * 40 + ",short", "x" * 40],
+    **{f"rate_limit_{r}_per_second": ["0", "-1", "fast"] for r in ROLE_ORDER},
+    **{f"rate_limit_{r}_burst": ["0", "1.5"] for r in ROLE_ORDER},
 }
 ANY_STRING = {"admin_username", "admin_password"}
 
@@ -308,3 +313,27 @@ def test_log_format_is_checked() -> None:
     assert load_settings(env={"LOCKERBUS_LOG_FORMAT": "JSON"}).log_format == "json"
     with pytest.raises(ConfigError, match=r"^LOCKERBUS_LOG_FORMAT: must be one of text, json"):
         load_settings(env={"LOCKERBUS_LOG_FORMAT": "xml"})
+
+
+def test_rate_limits_per_role() -> None:
+    limits = load_settings(env={}).role_rate_limits()
+    assert limits == {"kiosk": (50.0, 100), "panel": (50.0, 100), "gateway": None, "admin": None}
+    env = {
+        "LOCKERBUS_RATE_LIMIT_PER_SECOND": "5",
+        "LOCKERBUS_RATE_LIMIT_KIOSK_BURST": "7",
+        "LOCKERBUS_RATE_LIMIT_GATEWAY_PER_SECOND": "500",
+    }
+    limits = load_settings(env=env).role_rate_limits()
+    # a role's own setting wins; the general one fills in what it leaves out
+    assert limits == {
+        "kiosk": (5.0, 7),
+        "panel": (5.0, 100),
+        "gateway": (500.0, 100),
+        "admin": None,
+    }
+
+
+def test_previous_secrets_are_read_as_a_list() -> None:
+    secret, old1, old2 = "s" * 40, "a" * 40, "b" * 40
+    env = {"LOCKERBUS_SECRET": secret, "LOCKERBUS_PREVIOUS_SECRETS": f"{old1}, {old2}"}
+    assert load_settings(env=env).previous_secrets == (old1, old2)

@@ -11,7 +11,6 @@ from typing import Any
 from ..auth import Principal
 from ..errors import BadRequestError
 from ..events import Event
-from ..limits import TokenBucket
 from ..service import parse_since
 
 
@@ -65,7 +64,6 @@ class Connection:
     rooms: set[str] = field(default_factory=set)
     replaying: bool = True
     pending: list[Event] = field(default_factory=list)
-    bucket: TokenBucket | None = None
     #: every event of the namespace up to here that was meant for this connection was sent
     last_seq: int = 0
     gone: bool = False
