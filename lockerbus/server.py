@@ -204,7 +204,9 @@ class LockerbusServer(HookedAsyncServer):
     """The AsyncServer: CORS, the Admin UI, the :class:`~lockerbus.fanout.Sender`
     on its Engine.IO server, and the two hooks the namespaces need."""
 
-    def __init__(self, settings: Settings, tasks: Background, *, client_manager: Any = None):
+    def __init__(
+        self, settings: Settings, tasks: Background, *, client_manager: Any = None
+    ) -> None:
         cors: Any = None
         if settings.cors_origins is not None:
             cors = "*" if "*" in settings.cors_origins else list(settings.cors_origins)
