@@ -187,7 +187,7 @@ class _Cluster:
     def __init__(self, message_queue: str, store_url: str) -> None:
         from .cluster import ChannelInbox, ClusterRedisManager
         from .presence import Presence
-        from .store.redis import events_channel
+        from .redisconn import events_channel
 
         self.inbox: ChannelInbox = ChannelInbox()
         self.manager: ClusterRedisManager = ClusterRedisManager(
