@@ -10,11 +10,11 @@ import secrets
 import sys
 from collections.abc import Sequence
 
-from . import __version__
 from .auth import ROLES, issue_token
 from .config import LoadedSettings, Settings, read_settings
 from .errors import BadRequestError, ConfigError
 from .filters import parse_filter_json
+from .version import __version__
 
 DEV_SUBS = {"kiosk": "kiosk-1", "panel": "panel-1", "gateway": "gateway-1", "admin": "admin"}
 

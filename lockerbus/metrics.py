@@ -26,8 +26,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from . import __version__
 from .events import NAMESPACES
+from .version import __version__
 
 LATENCY_BUCKETS: Final = (
     0.0001,
