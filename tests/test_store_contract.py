@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from lockerbus.errors import StoreUnavailableError
-from lockerbus.store import EventStore, StoreOptions, open_store
+from lockerbus.store import DuplicateEvent, EventStore, StoreOptions, open_store
 from tests.storekit import BACKENDS, Backend, FakeClock, at_minute, make_event, seqs
 
 LOCKERS = "/ws/lockers"
@@ -124,6 +124,76 @@ async def test_bad_arguments_are_refused(store: EventStore) -> None:
     with pytest.raises(ValueError, match="aware"):
         await store.replay(LOCKERS, since=at_minute(0).replace(tzinfo=None), limit=5)
     assert await store.last_seq(LOCKERS) == 0
+
+
+# -- event ids (contract §12) and append_many -------------------------------------
+
+
+async def test_a_held_id_is_stored_once(store: EventStore) -> None:
+    first = await store.append(make_event())
+    again = {**make_event(), "id": first["id"]}
+    with pytest.raises(DuplicateEvent) as caught:
+        await store.append(again)
+    assert caught.value.event == first
+    assert await store.last_seq(LOCKERS) == 1
+    assert seqs((await store.page(LOCKERS, limit=10)).events) == [1]
+    # another namespace: ids are global
+    with pytest.raises(DuplicateEvent) as other:
+        await store.append({**make_event(HELP), "id": first["id"]})
+    assert other.value.event == first
+    assert await store.last_seq(HELP) == 0
+
+
+async def test_concurrent_appends_of_one_id_store_it_once(store: EventStore) -> None:
+    event = make_event()
+    outcomes = await asyncio.gather(
+        *(store.append(dict(event)) for _ in range(20)), return_exceptions=True
+    )
+    stored = [o for o in outcomes if isinstance(o, dict)]
+    duplicates = [o for o in outcomes if isinstance(o, DuplicateEvent)]
+    assert len(stored) == 1 and len(duplicates) == 19
+    assert all(d.event == stored[0] for d in duplicates)
+    assert await store.last_seq(LOCKERS) == 1
+
+
+async def test_an_expired_events_id_is_free_again(store_factory: Factory) -> None:
+    store = await store_factory(ttl_seconds=60)
+    first = await store.append(make_event())
+    store_factory.clock.advance(61)
+    again = await store.append({**make_event(), "id": first["id"]})
+    assert again["seq"] == 2
+
+
+async def test_an_evicted_events_id_is_free_again(store_factory: Factory) -> None:
+    store = await store_factory(max_events=2)
+    first = await store.append(make_event())
+    await fill(store, 2)
+    again = await store.append({**make_event(), "id": first["id"]})
+    assert again["seq"] == 4
+
+
+async def test_append_many_keeps_item_order_and_fails_items_alone(store: EventStore) -> None:
+    bad = make_event()
+    bad["data"]["metadata"] = {"not json": {1, 2}}
+    held = await store.append(make_event(HELP))
+    batch = [
+        make_event(),
+        make_event(HELP),
+        bad,
+        {**make_event(), "namespace": None},
+        {**make_event(), "id": held["id"]},
+        make_event(),
+    ]
+    batch.append({**make_event(), "id": batch[0]["id"]})  # repeated inside the batch
+    outcomes = await store.append_many(batch)
+    assert len(outcomes) == len(batch)
+    assert [o["seq"] for o in outcomes if isinstance(o, dict)] == [1, 2, 2]
+    assert isinstance(outcomes[2], TypeError)
+    assert isinstance(outcomes[3], ValueError)
+    assert isinstance(outcomes[4], DuplicateEvent) and outcomes[4].event == held
+    assert isinstance(outcomes[6], DuplicateEvent) and outcomes[6].event == outcomes[0]
+    assert seqs((await store.page(LOCKERS, limit=10)).events) == [1, 2]
+    assert await store.append_many([]) == []
 
 
 # -- replay by after_seq --------------------------------------------------------

@@ -9,9 +9,19 @@ import importlib
 from collections.abc import Callable
 
 from ..config import MEMORY_URL, SQLITE_PREFIX, validate_store_url
-from .base import EventStore, NamespaceStats, ReplayResult, StoreOptions, StoreStats
+from .base import (
+    Appended,
+    DuplicateEvent,
+    EventStore,
+    NamespaceStats,
+    ReplayResult,
+    StoreOptions,
+    StoreStats,
+)
 
 __all__ = [
+    "Appended",
+    "DuplicateEvent",
     "EventStore",
     "NamespaceStats",
     "ReplayResult",

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Generic, Literal, Self, TypeVar
 
 from ..errors import StoreUnavailableError
+from ..events import Event
 from ..log import store_logger
-from .base import ReplayResult, StoreOptions
+from .base import Appended, ReplayResult, StoreOptions
 
 S = TypeVar("S")
 
@@ -78,6 +79,23 @@ class BaseEventStore(abc.ABC, Generic[S]):
     @abc.abstractmethod
     async def cleanup(self) -> int:
         """Remove expired and corrupt records now; returns how many."""
+
+    @abc.abstractmethod
+    async def append(self, event: Event, *, ttl_seconds: float | None = None) -> Event:
+        """Store one event (see base.EventStore.append)."""
+
+    async def append_many(
+        self, events: list[Event], *, ttl_seconds: float | None = None
+    ) -> list[Appended]:
+        """One append per item, in order (see base.EventStore.append_many); a backend that
+        can write them together overrides this."""
+        outcomes: list[Appended] = []
+        for event in events:
+            try:
+                outcomes.append(await self.append(event, ttl_seconds=ttl_seconds))
+            except Exception as exc:  # each item fails on its own
+                outcomes.append(exc)
+        return outcomes
 
     # -- lifecycle --------------------------------------------------------------
 

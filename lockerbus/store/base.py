@@ -31,6 +31,11 @@ Guarantees
   fails it, or no longer deserializes, is removed, counted as ``corrupt``,
   logged once, and makes a replay across it answer ``recovered=False``.
   Records are checked when read and by every ``cleanup()``.
+* Event ids are unique while held (contract §12): ``append`` of an event whose
+  ``id`` the store still holds stores nothing and raises :class:`DuplicateEvent`
+  carrying the stored event.  The check is atomic with the write, so it holds
+  for concurrent appends, across instances sharing a store and after a restart
+  of a durable one.  An expired or evicted event's id is free again.
 * Storage failures raise :class:`~lockerbus.errors.StoreUnavailableError`;
   ``check()`` raises it with the reason while the store cannot serve.
 * No method blocks the event loop: file and network work runs off it.
@@ -106,6 +111,23 @@ class StoreStats:
     evictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVICTION_REASONS, 0))
 
 
+class DuplicateEvent(Exception):
+    """``append`` found the event's ``id`` held already: nothing was stored.
+
+    ``event`` is the stored one (with its seq and epoch), for the idempotent
+    answer of contract §12.
+    """
+
+    def __init__(self, event: Event) -> None:
+        super().__init__(f"event {event.get('id')} is stored already")
+        self.event = event
+
+
+#: One item's outcome in ``append_many``: the stored event, or why it was not stored
+#: (DuplicateEvent, ValueError, TypeError, StoreUnavailableError).
+Appended = Event | Exception
+
+
 class EventStore(Protocol):
     """A per-namespace, seq-numbered, expiring event log."""
 
@@ -124,6 +146,16 @@ class EventStore(Protocol):
         be mutated by others until this returns.  Raises ValueError for an
         event without namespace or timestamp, TypeError for one JSON cannot
         carry, StoreUnavailableError when storage fails.
+        """
+
+    async def append_many(
+        self, events: list[Event], *, ttl_seconds: float | None = None
+    ) -> list[Appended]:
+        """Append ``events`` in order, in one write where the backend can.
+
+        Each item succeeds or fails on its own, as one ``append`` would (its
+        outcome is in the same position); seqs follow item order within a
+        namespace.  Raises only for an error before anything was written.
         """
 
     async def replay(

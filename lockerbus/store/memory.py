@@ -31,6 +31,7 @@ from ..recovery import decide
 from .backend import BaseEventStore, Damaged
 from .base import (
     EVICTION_REASONS,
+    DuplicateEvent,
     NamespaceStats,
     ReplayResult,
     StoreOptions,
@@ -53,9 +54,12 @@ from .codec import (
 class _Record:
     """One stored event: its JSON bytes and checksum, and where it lives."""
 
-    __slots__ = ("blob", "crc", "log", "seq", "ttl")
+    __slots__ = ("blob", "crc", "id", "log", "seq", "ttl")
 
-    def __init__(self, log: _Log, seq: int, blob: bytes, crc: int, ttl: float | None) -> None:
+    def __init__(
+        self, log: _Log, seq: int, blob: bytes, crc: int, ttl: float | None, event_id: str
+    ) -> None:
+        self.id = event_id
         self.log = log
         self.seq = seq
         self.blob = blob
@@ -245,6 +249,8 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         self.epoch = new_epoch()
         self._cache = self._new_cache()
         self._logs: dict[str, _Log] = {}
+        #: event id -> its record while held (contract §12); dropped with the record
+        self._ids: dict[str, _Record] = {}
         self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
 
     # -- lifecycle (the rest is BaseEventStore's) -------------------------------
@@ -258,6 +264,7 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         # the eviction hook, which would count them as capacity evictions.
         self._cache = self._new_cache()
         self._logs.clear()
+        self._ids.clear()
 
     async def check(self) -> None:
         """A memory store can serve whenever it is open."""
@@ -270,17 +277,34 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         namespace = check_append(event, ttl_seconds)
         self._require_open()
         at = event_time(event)
+        event_id = str(event.get("id", ""))
+        if event_id in self._ids:
+            self._raise_if_held(event_id)
         log = self._logs.get(namespace)
         if log is None:
             log = self._logs[namespace] = _Log(namespace)
         seq = log.last_seq + 1
         stored = {**event, "seq": seq, "epoch": self.epoch}
         blob = encode(stored)
-        record = _Record(log, seq, blob, checksum(blob), ttl_seconds)
+        record = _Record(log, seq, blob, checksum(blob), ttl_seconds, event_id)
         # May expire or evict older records first; this one is never the victim.
         self._cache.add(record)
         log.push(record, at)
+        if event_id:
+            self._ids[event_id] = record
         return stored
+
+    def _raise_if_held(self, event_id: str) -> None:
+        """Raise DuplicateEvent when the record holding ``event_id`` is still good."""
+        self._cache.expire()  # an expired record must not answer for its id
+        record = self._ids.get(event_id)
+        if record is None:
+            return
+        found = self._decode([record])
+        if isinstance(found, Damaged):
+            self._repair_now(found.suspects)
+            return
+        raise DuplicateEvent(found[0])
 
     # -- reading ------------------------------------------------------------
     # No read awaits anything real: each runs to its answer without yielding.
@@ -390,6 +414,11 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
     def _evicted(self, record: _Record, reason: str) -> None:
         if record.log.remove(record):
             self._evictions[reason] += 1
+        self._forget_id(record)
+
+    def _forget_id(self, record: _Record) -> None:
+        if self._ids.get(record.id) is record:
+            del self._ids[record.id]
 
     def _decode(self, records: list[_Record]) -> list[Event] | Damaged[_Suspect]:
         """The records as events, or which of them fail their checks."""
@@ -418,7 +447,11 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
 
     async def _repair(self, suspects: list[_Suspect]) -> None:
         """Remove records that failed their checks; each is counted and logged once."""
+        self._repair_now(suspects)
+
+    def _repair_now(self, suspects: list[_Suspect]) -> None:
         for record, why in suspects:
+            self._forget_id(record)
             # Not through cache.pop(): that reads the entry and would reorder the LRU.
             with contextlib.suppress(KeyError):
                 del self._cache[record]

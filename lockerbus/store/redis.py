@@ -39,7 +39,14 @@ from ..redisconn import (
     split_url,
 )
 from .backend import BaseEventStore, Damaged
-from .base import EVICTION_REASONS, NamespaceStats, ReplayResult, StoreOptions, StoreStats
+from .base import (
+    EVICTION_REASONS,
+    Appended,
+    NamespaceStats,
+    ReplayResult,
+    StoreOptions,
+    StoreStats,
+)
 from .codec import (
     check_append,
     check_limit,
@@ -197,6 +204,24 @@ class RedisEventStore(BaseEventStore[Suspect]):
         if self._writer is None:
             raise StoreUnavailableError(f"{self._name} is closed")
         return await self._writer.append(event, namespace, at, ttl)
+
+    async def append_many(
+        self, events: list[Event], *, ttl_seconds: float | None = None
+    ) -> list[Appended]:
+        """Append ``events`` in one pipeline (see base.EventStore.append_many)."""
+        self._require_open()
+        if self._writer is None:
+            raise StoreUnavailableError(f"{self._name} is closed")
+        ttl = self._options.ttl_seconds
+        if ttl_seconds is not None:
+            ttl = min(ttl, ttl_seconds)
+        items: list[tuple[Event, str, float, float] | Exception] = []
+        for event in events:
+            try:
+                items.append((event, check_append(event, ttl_seconds), event_time(event), ttl))
+            except ValueError as exc:
+                items.append(exc)
+        return await self._writer.append_many(items)
 
     # -- reading ------------------------------------------------------------
 

@@ -10,6 +10,9 @@ Keys, all under one prefix ``P`` (``ARGV[1]`` of every script):
 * ``P:order``     sorted set: score global append counter, member ``<ns>\\n<seq>``
 * ``P:gseq``      the global append counter (capacity evicts in append order)
 * ``P:stats``     hash: evictions by reason
+* ``P:id:<id>``   string ``<epoch>\\n<ns>\\n<seq>``: where the event with that id is
+  (contract §12), expiring with the event; an entry whose event is gone
+  (evicted, corrupt, another epoch) is ignored and overwritten
 
 ``body`` is the event's compact JSON without ``seq``; the stored and published
 event is ``{"seq":<seq>,`` + body without its ``{``, so the seq is assigned and
@@ -96,7 +99,9 @@ local function take(list, n)
 end
 """
 
-# ARGV: P, ns, body, crc, ts, expires, now, max_events, expected epoch, candidate epoch, channel
+# ARGV: P, ns, body, crc, ts, expires, now, max_events, expected epoch, candidate epoch, channel,
+#       event id ('' for none), ttl in ms
+# -> {seq, epoch}; {0, epoch}: the epoch changed; {-1, epoch, member}: the id is held (§12)
 APPEND: Final = (
     _COMMON
     + r"""
@@ -104,6 +109,19 @@ local epoch = ensure_epoch(ARGV[10])
 if epoch ~= ARGV[9] then return {0, epoch} end
 expire(ARGV[7])
 local ns = ARGV[2]
+-- >>> event ids (contract §12): a held id stores nothing and answers the stored member
+local id_key = P .. ':id:' .. ARGV[12]
+if ARGV[12] ~= '' then
+  local held = redis.call('GET', id_key)
+  if held then
+    local held_epoch, held_ns, held_seq = string.match(held, '^([^\n]*)\n(.*)\n(%d+)$')
+    if held_epoch == epoch then
+      local rows = redis.call('ZRANGEBYSCORE', P .. ':log:' .. held_ns, held_seq, held_seq)
+      if rows[1] then return {-1, epoch, rows[1]} end
+    end
+  end
+end
+-- <<< event ids
 local seq = string.format('%d', redis.call('HINCRBY', P .. ':seq', ns, 1))
 local key = ns .. '\n' .. seq
 redis.call('ZADD', P .. ':log:' .. ns, seq, seq .. ':' .. ARGV[4] .. ':' .. ARGV[3])
@@ -116,6 +134,11 @@ if excess > 0 then
   for _, victim in ipairs(victims) do drop(victim) end
   redis.call('HINCRBY', P .. ':stats', 'capacity', #victims)
 end
+-- >>> event ids (contract §12)
+if ARGV[12] ~= '' then
+  redis.call('SET', id_key, epoch .. '\n' .. ns .. '\n' .. seq, 'PX', ARGV[13])
+end
+-- <<< event ids
 redis.call('PUBLISH', ARGV[11], '{"seq":' .. seq .. ',' .. string.sub(ARGV[3], 2))
 return {tonumber(seq), epoch}
 """

@@ -15,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+import orjson
+
 from ..errors import StoreUnavailableError
 from ..events import Event
-from .base import StoreOptions
+from .base import Appended, DuplicateEvent, StoreOptions
 from .codec import encode, new_epoch
 from .redis_link import RedisLink
 
@@ -59,16 +61,49 @@ class RedisWriter:
         self._clock = clock
         self._epoch = epoch
         self._learn = learn
-        self._queue: asyncio.Queue[_Append] = asyncio.Queue()
+        #: groups of appends; a group (a batch publish) goes in one pipeline
+        self._queue: asyncio.Queue[list[_Append]] = asyncio.Queue()
         self._task = asyncio.create_task(self._write_forever(), name="lockerbus-redis-writer")
 
     async def append(self, event: Event, namespace: str, at: float, ttl: float) -> Event:
         """Queue ``event`` and wait until Redis numbered and stored it."""
+        job = self._job(event, namespace, at, ttl)  # a TypeError reaches the caller, no seq spent
+        self._queue.put_nowait([job])
+        return await job.future
+
+    async def append_many(
+        self, items: list[tuple[Event, str, float, float] | Exception]
+    ) -> list[Appended]:
+        """Queue the items as one group (one pipeline) and wait for each one's outcome;
+        an item given as an exception is that item's outcome."""
+        outcomes: list[Appended | _Append] = []
+        for item in items:
+            if isinstance(item, Exception):
+                outcomes.append(item)
+                continue
+            try:
+                outcomes.append(self._job(*item))
+            except TypeError as exc:
+                outcomes.append(exc)
+        jobs = [job for job in outcomes if isinstance(job, _Append)]
+        if jobs:
+            self._queue.put_nowait(jobs)
+        done: list[Appended] = []
+        for outcome in outcomes:
+            if isinstance(outcome, _Append):
+                try:
+                    done.append(await outcome.future)
+                except Exception as exc:
+                    done.append(exc)
+            else:
+                done.append(outcome)
+        return done
+
+    def _job(self, event: Event, namespace: str, at: float, ttl: float) -> _Append:
         epoch = self._epoch()
-        encoded = body(event, epoch)  # here: a TypeError reaches the caller, no seq spent
+        encoded = body(event, epoch)
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Append(event, namespace, at, ttl, epoch, encoded, future))
-        return await future
+        return _Append(event, namespace, at, ttl, epoch, encoded, future)
 
     async def stop(self) -> None:
         """Stop sending; appends still queued fail as unavailable."""
@@ -76,16 +111,16 @@ class RedisWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if not job.future.done():
-                job.future.set_exception(StoreUnavailableError(f"{self._link.name} is closed"))
+            for job in self._queue.get_nowait():
+                if not job.future.done():
+                    job.future.set_exception(StoreUnavailableError(f"{self._link.name} is closed"))
 
     async def _write_forever(self) -> None:
         queue = self._queue
         while True:
-            jobs = [await queue.get()]
+            jobs = await queue.get()
             while len(jobs) < _MAX_BATCH and not queue.empty():
-                jobs.append(queue.get_nowait())
+                jobs += queue.get_nowait()
             retry: list[_Append] = []
             try:
                 for _attempt in range(_EPOCH_ROUNDS):
@@ -127,6 +162,8 @@ class RedisWriter:
                         job.epoch,
                         new_epoch(),
                         link.channel,
+                        str(job.event.get("id", "")),
+                        int(job.ttl * 1000) + 1,
                     ],
                     client=pipe,
                 )
@@ -138,10 +175,26 @@ class RedisWriter:
             if isinstance(result, Exception):
                 job.future.set_exception(link.unavailable(result))
                 continue
-            seq, current_epoch = result
+            seq, current_epoch = result[0], result[1]
             self._learn(current_epoch)
-            if seq:
+            if seq == -1:
+                job.future.set_exception(_duplicate(result[2], job))
+            elif seq:
                 job.future.set_result({**job.event, "seq": int(seq), "epoch": job.epoch})
             else:
                 retry.append(job)
         return retry
+
+
+def _duplicate(member: bytes, job: _Append) -> Exception:
+    """The APPEND script found the id held: the stored event, from its member."""
+    head, _, rest = member.partition(b":")
+    crc, _, stored = rest.partition(b":")
+    try:
+        if int(crc, 16) == zlib.crc32(stored):
+            event = orjson.loads(b'{"seq":' + head + b"," + stored[1:])
+            if isinstance(event, dict):
+                return DuplicateEvent(event)
+    except (ValueError, orjson.JSONDecodeError):
+        pass
+    return StoreUnavailableError(f"the stored event {job.event.get('id')} does not decode")

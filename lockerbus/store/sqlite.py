@@ -21,7 +21,7 @@ from datetime import datetime
 from ..errors import StoreUnavailableError
 from ..events import Event
 from .backend import BaseEventStore, Damaged
-from .base import ReplayResult, StoreOptions, StoreStats
+from .base import Appended, ReplayResult, StoreOptions, StoreStats
 from .codec import check_append, check_limit, event_time, since_seconds
 from .sqlite_reads import (
     Read,
@@ -99,6 +99,30 @@ class SqliteEventStore(BaseEventStore[Suspect]):
         future: asyncio.Future[Event] = writer.loop.create_future()
         writer.submit(Append(event, at, ttl_seconds, future))
         return await future
+
+    async def append_many(
+        self, events: list[Event], *, ttl_seconds: float | None = None
+    ) -> list[Appended]:
+        """Append ``events`` in one transaction (see base.EventStore.append_many)."""
+        outcomes: list[Appended | None] = [None] * len(events)
+        jobs: list[tuple[int, Append]] = []
+        writer = self._open_writer()
+        for i, event in enumerate(events):
+            try:
+                check_append(event, ttl_seconds)
+                at = event_time(event)
+            except ValueError as exc:
+                outcomes[i] = exc
+                continue
+            jobs.append((i, Append(event, at, ttl_seconds, writer.loop.create_future())))
+        if jobs:
+            writer.submit_group([job for _i, job in jobs])
+        for i, job in jobs:
+            try:
+                outcomes[i] = await job.future
+            except Exception as exc:
+                outcomes[i] = exc
+        return [o for o in outcomes if o is not None]
 
     # -- reading ------------------------------------------------------------
 

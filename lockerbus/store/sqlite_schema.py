@@ -38,6 +38,12 @@ CREATE TABLE IF NOT EXISTS events (
     UNIQUE (namespace, seq)
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events (namespace, ts);
+-- contract §12: event id -> its row, checked and written in the append transaction
+CREATE TABLE IF NOT EXISTS event_ids (
+    id TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
 INSERT OR IGNORE INTO counters (name, value)
     VALUES ('events', 0), ('ttl', 0), ('capacity', 0), ('corrupt', 0);
 """
@@ -50,6 +56,20 @@ UPSERT_LAST: Final = (
     "ON CONFLICT (namespace) DO UPDATE SET last_seq = excluded.last_seq"
 )
 LAST_SEQ: Final = "SELECT last_seq FROM namespaces WHERE namespace = ?"
+
+# -- event ids (contract §12) -------------------------------------------------------
+#: The row still held under an id (not expired): namespace, seq, crc, body.
+HELD_ID: Final = (
+    "SELECT e.namespace, e.seq, e.crc, e.body FROM event_ids i "
+    "JOIN events e ON e.namespace = i.namespace AND e.seq = i.seq "
+    "WHERE i.id = ? AND e.expires > ?"
+)
+INSERT_ID: Final = "INSERT OR REPLACE INTO event_ids (id, namespace, seq) VALUES (?, ?, ?)"
+#: Ids whose event is gone (expired, evicted, corrupt): run by cleanup.
+PRUNE_IDS: Final = (
+    "DELETE FROM event_ids WHERE NOT EXISTS (SELECT 1 FROM events e "
+    "WHERE e.namespace = event_ids.namespace AND e.seq = event_ids.seq)"
+)
 
 
 def connect(path: str, busy_timeout: float, *, create: bool = True) -> sqlite3.Connection:

@@ -27,11 +27,14 @@ from typing import Any, Final, TypeVar
 from ..errors import StoreUnavailableError
 from ..events import Event
 from ..log import store_logger
-from .base import StoreOptions
-from .codec import checksum, encode, log_corrupt
+from .base import DuplicateEvent, StoreOptions
+from .codec import checksum, decode_one, encode, log_corrupt
 from .sqlite_schema import (
+    HELD_ID,
     INSERT_EVENT,
+    INSERT_ID,
     LAST_SEQ,
+    PRUNE_IDS,
     UPSERT_LAST,
     bump,
     connect,
@@ -83,6 +86,17 @@ def _settle(outcomes: list[_Outcome]) -> None:
             future.set_result(result)
 
 
+def _flat(jobs: list[Append | list[Append] | _Call | None]) -> list[Append | _Call | None]:
+    """A group of appends counts as its members (kept together: one transaction)."""
+    out: list[Append | _Call | None] = []
+    for job in jobs:
+        if isinstance(job, list):
+            out += job
+        else:
+            out.append(job)
+    return out
+
+
 class SqliteWriter:
     """The one thread that writes the file; jobs are queued, results settled on the loop."""
 
@@ -100,7 +114,7 @@ class SqliteWriter:
         self.busy_timeout = busy_timeout
         self.loop = loop
         self.epoch = ""
-        self.queue: queue.SimpleQueue[Append | _Call | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[Append | list[Append] | _Call | None] = queue.SimpleQueue()
         self.conn: sqlite3.Connection | None = None
         self.identity: tuple[int, int] | None = None
         self.last_commit = float("-inf")
@@ -115,6 +129,10 @@ class SqliteWriter:
     def submit(self, job: Append | _Call | None) -> None:
         """Queue a job; None stops the thread once the jobs before it are done."""
         self.queue.put(job)
+
+    def submit_group(self, jobs: list[Append]) -> None:
+        """Queue appends that go into one transaction together (a batch publish)."""
+        self.queue.put(jobs)
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the writer's connection, in queue order with the appends."""
@@ -131,10 +149,10 @@ class SqliteWriter:
 
     def _run(self) -> None:
         while True:
-            jobs = [self.queue.get()]
+            jobs = _flat([self.queue.get()])
             while len(jobs) < _MAX_BATCH:
                 try:
-                    jobs.append(self.queue.get_nowait())
+                    jobs += _flat([self.queue.get_nowait()])
                 except queue.Empty:
                     break
             outcomes: list[_Outcome] = []
@@ -235,7 +253,14 @@ class SqliteWriter:
         default_ttl = self.options.ttl_seconds
         last: dict[str, int] = {}
         rows = []
+        ids: dict[str, Event] = {}  # ids written earlier in this transaction
+        id_rows = []
         for i, job in enumerate(jobs):
+            event_id = str(job.event.get("id", ""))
+            held = ids.get(event_id) or self._held(conn, event_id, now)
+            if held is not None:
+                results[i] = (job.future, None, DuplicateEvent(held))
+                continue
             namespace = job.event["namespace"]
             seq = last.get(namespace)
             if seq is None:
@@ -252,9 +277,25 @@ class SqliteWriter:
             ttl = default_ttl if job.ttl is None else min(job.ttl, default_ttl)
             rows.append((namespace, seq + 1, job.at, now + ttl, checksum(blob), blob))
             results[i] = (job.future, stored, None)
+            if event_id:
+                ids[event_id] = stored
+                id_rows.append((event_id, namespace, seq + 1))
         conn.executemany(INSERT_EVENT, rows)
+        conn.executemany(INSERT_ID, id_rows)
         conn.executemany(UPSERT_LAST, last.items())
         bump(conn, "events", len(rows))
+
+    def _held(self, conn: sqlite3.Connection, event_id: str, now: float) -> Event | None:
+        """The stored event under ``event_id``, if one is held and sound (contract §12)."""
+        if not event_id:
+            return None
+        row = conn.execute(HELD_ID, (event_id, now)).fetchone()
+        if row is None:
+            return None
+        namespace, seq, crc, blob = row
+        if checksum(blob) != crc:
+            return None  # corrupt: a read removes it; the id is free meanwhile
+        return decode_one(blob, seq, namespace)
 
     def expire(self, conn: sqlite3.Connection) -> int:
         """Delete expired rows and any over capacity; returns how many."""
@@ -265,6 +306,7 @@ class SqliteWriter:
             ).rowcount
             bump(conn, "events", -expired)
             bump(conn, "ttl", expired)
+            conn.execute(PRUNE_IDS)
             return int(expired) + evict_capacity(conn, self.options.max_events)
 
     def remove_corrupt(self, conn: sqlite3.Connection, suspects: list[tuple[str, int]]) -> int:
