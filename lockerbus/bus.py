@@ -8,31 +8,29 @@ broadcast and every caller gets the same typed error.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from .auth import Principal, authorize_publish, authorize_scope, check_publish_room
 from .delivery.hub import Broadcaster
 from .errors import (
-    BadRequestError,
+    ConflictError,
     LockerbusError,
-    StoreUnavailableError,
     UnknownEventTypeError,
 )
 from .events import ROUTES, Event
+from .intake import InflightGate, Prepared, Published, append_error, duplicate_answer, read_request
 from .limits import TokenBucket
 from .log import server_logger
 from .metrics import Metrics
-from .service import EventService, check_version
-from .store import EventStore
+from .seed_api import SeedApi
+from .service import EventService
+from .store import Appended, DuplicateEvent, EventStore
 from .tags import source, tag_event
 
-PUBLISH_KEYS: Final = frozenset({"type", "data", "room", "version"})
 
-
-class EventBus:
+class EventBus(SeedApi):
     """Validates, authorizes, stores and broadcasts events."""
 
     def __init__(
@@ -56,27 +54,21 @@ class EventBus:
         #: the kiosk of a help request by id (None: unknown), for help_status_updated's tag
         self.help_kiosk = help_kiosk
         self._clock = clock
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._accepting = True
+        #: in-flight appends, counted so a shutdown can let them finish
+        self.gate = InflightGate()
 
     @property
     def accepting(self) -> bool:
         """False once shutdown has begun."""
-        return self._accepting
+        return self.gate.accepting
 
     def stop_accepting(self) -> None:
         """Refuse new publishes from now on (shutdown): they answer store_unavailable."""
-        self._accepting = False
+        self.gate.accepting = False
 
     async def drain(self, timeout_seconds: float) -> bool:
         """Wait for in-flight publishes to be stored and broadcast; False on timeout."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_seconds)
-        except TimeoutError:
-            return False
-        return True
+        return await self.gate.drain(timeout_seconds)
 
     async def publish_request(
         self,
@@ -84,9 +76,74 @@ class EventBus:
         *,
         principal: Principal,
         bucket: TokenBucket | None = None,
-    ) -> Event:
-        """Publish a client's ``{type, data, room?, version?}`` (socket or HTTP)."""
-        return await self.publish(None, None, principal=principal, bucket=bucket, request=payload)
+    ) -> Published:
+        """Publish a client's ``{type, data, room?, version?, id?}`` (socket or HTTP).
+
+        A held ``id`` stores and broadcasts nothing and answers the stored event
+        as a duplicate, or raises ConflictError when its content differs (§12).
+        """
+        prepared = await self._prepare(None, None, principal, bucket, None, payload)
+        try:
+            stored = await self._append(prepared.event, None)
+        except DuplicateEvent as dup:
+            return self._duplicate(prepared, dup.event, principal)
+        except LockerbusError as exc:
+            self._rejected(exc, prepared.event_type, principal)
+            raise
+        self._accepted(stored, prepared.accepted_at)
+        return Published(stored)
+
+    async def publish_batch(
+        self,
+        payloads: Sequence[Any],
+        *,
+        principal: Principal,
+        bucket: TokenBucket | None = None,
+    ) -> list[Published | LockerbusError]:
+        """Publish many client requests, each as one publish, in order, in one store write.
+
+        Each item succeeds or fails on its own; seqs follow item order within a
+        namespace.
+        """
+        outcomes: list[Published | LockerbusError | Prepared] = []
+        for payload in payloads:
+            try:
+                outcomes.append(await self._prepare(None, None, principal, bucket, None, payload))
+            except LockerbusError as exc:
+                outcomes.append(exc)
+        prepared = [o for o in outcomes if isinstance(o, Prepared)]
+        stored = await self._append_many([p.event for p in prepared])
+        answers = iter(stored)
+        results: list[Published | LockerbusError] = []
+        for outcome in outcomes:
+            if not isinstance(outcome, Prepared):
+                results.append(outcome)
+                continue
+            results.append(self._settle(outcome, next(answers), principal))
+        return results
+
+    def _settle(
+        self, prepared: Prepared, outcome: Appended | LockerbusError, principal: Principal
+    ) -> Published | LockerbusError:
+        """One batch item's answer from its store outcome (broadcast when stored)."""
+        try:
+            if isinstance(outcome, DuplicateEvent):
+                return self._duplicate(prepared, outcome.event, principal)
+            if isinstance(outcome, Exception):
+                raise append_error(prepared.event, outcome)
+        except LockerbusError as exc:
+            self._rejected(exc, prepared.event_type, principal)
+            return exc
+        self._accepted(outcome, prepared.accepted_at)
+        return Published(outcome)
+
+    def _duplicate(self, prepared: Prepared, stored: Event, principal: Principal) -> Published:
+        """The answer to a held id: the stored event, or ConflictError (contract §12)."""
+        try:
+            return duplicate_answer(prepared.event, stored, principal)
+        except ConflictError as error:
+            self._rejected(error, prepared.event_type, principal)
+            raise
 
     async def publish(
         self,
@@ -106,13 +163,35 @@ class EventBus:
         :class:`LockerbusError` subclass with the contract's code; nothing is
         stored or broadcast when it does.
         """
+        prepared = await self._prepare(event_type, data, principal, bucket, room, request)
+        try:
+            stored = await self._append(prepared.event, ttl_seconds)
+        except DuplicateEvent as dup:  # only a client-chosen id can be held already
+            raise ConflictError(f"event {dup.event.get('id')} is stored already") from None
+        except LockerbusError as exc:
+            self._rejected(exc, prepared.event_type, principal)
+            raise
+        self._accepted(stored, prepared.accepted_at)
+        return stored
+
+    async def _prepare(
+        self,
+        event_type: Any,
+        data: Any,
+        principal: Principal | None,
+        bucket: TokenBucket | None,
+        room: Any,
+        request: Any,
+    ) -> Prepared:
+        """Every step before the store: rate, size, authorization, validation, tags, scope."""
         accepted_at = self._clock()
         try:
             if bucket is not None:
                 bucket.check()  # first: a flood costs no validation work
             lenient = False
+            event_id = None
             if request is not None:
-                event_type, data, room, lenient = _read_request(request)
+                event_type, data, room, lenient, event_id = read_request(request)
             if not isinstance(event_type, str) or event_type not in ROUTES:
                 raise UnknownEventTypeError(f"unknown event type {str(event_type)[:64]!r}")
             self.service.check_size(data)
@@ -122,22 +201,25 @@ class EventBus:
                 authorize_publish(principal, event_type, data, checked_room)
             valid = self.service.validate(event_type, data, lenient=lenient)
             event = self.service.create_event(event_type, valid, room=checked_room, validated=True)
+            if event_id is not None:
+                event["id"] = event_id
             await self._tag(event, principal)
             if principal is not None:
                 authorize_scope(principal, event)
-            stored = await self._append(event, ttl_seconds)
         except LockerbusError as exc:
-            self.metrics.reject(exc.code)
-            server_logger.info(
-                "publish rejected code=%s type=%.64s by=%s: %s",
-                exc.code,
-                event_type,
-                principal.sub if principal else "server",
-                exc.message,
-            )
+            self._rejected(exc, event_type, principal)
             raise
-        self._accepted(stored, accepted_at)
-        return stored
+        return Prepared(event, event_type, accepted_at)
+
+    def _rejected(self, exc: LockerbusError, event_type: Any, principal: Principal | None) -> None:
+        self.metrics.reject(exc.code)
+        server_logger.info(
+            "publish rejected code=%s type=%.64s by=%s: %s",
+            exc.code,
+            event_type,
+            principal.sub if principal else "server",
+            exc.message,
+        )
 
     def _accepted(self, stored: Event, accepted_at: float) -> None:
         self.metrics.published.labels(stored["type"]).inc()
@@ -150,21 +232,33 @@ class EventBus:
             self.broadcaster.broadcast(stored, accepted_at)
 
     async def _append(self, event: Event, ttl_seconds: float | None) -> Event:
-        if not self._accepting:
-            raise StoreUnavailableError("the server is shutting down; publish elsewhere")
-        self._inflight += 1
-        self._idle.clear()
+        """Store one event; DuplicateEvent passes through, other failures become typed."""
+        self.gate.enter()
         try:
             return await self.store.append(event, ttl_seconds=ttl_seconds)
-        except StoreUnavailableError:
+        except DuplicateEvent:
             raise
-        except Exception as exc:  # a backend bug must not look like success
-            server_logger.exception("store append failed")
-            raise StoreUnavailableError(f"the event store failed: {exc}") from exc
+        except Exception as exc:
+            raise append_error(event, exc) from exc
         finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
+            self.gate.leave()
+
+    async def _append_many(self, events: list[Event]) -> list[Appended | LockerbusError]:
+        """Store a batch in one write; each item's outcome in its place."""
+        if not events:
+            return []
+        try:
+            self.gate.enter()
+        except LockerbusError as exc:
+            return [exc] * len(events)
+        try:
+            outcomes: list[Appended | LockerbusError] = list(await self.store.append_many(events))
+        except Exception as exc:
+            error = append_error(events[0], exc)
+            return [error] * len(events)
+        finally:
+            self.gate.leave()
+        return outcomes
 
     async def _tag(self, event: Event, principal: Principal | None) -> None:
         """Derive tags and source once, before the event is stored (contract §10)."""
@@ -181,46 +275,11 @@ class EventBus:
             if "tags" not in event:
                 await self._tag(event, None)
             stored = await self._append(event, None)
+        except DuplicateEvent as dup:
+            self.metrics.reject(ConflictError.code)
+            raise ConflictError(f"event {dup.event.get('id')} is stored already") from None
         except LockerbusError as exc:
             self.metrics.reject(exc.code)
             raise
         self._accepted(stored, accepted_at)
         return stored
-
-    # -- the seed's in-process API: same arguments as EventService.create_* --
-
-    async def emit_locker_state_changed(self, *args: Any, **kwargs: Any) -> Event:
-        """Publish a locker state change as the server."""
-        return await self.emit(self.service.create_locker_state_changed_event(*args, **kwargs))
-
-    async def emit_help_requested(
-        self, data: Mapping[str, Any], priority: str | None = None
-    ) -> Event:
-        """Publish a help request as the server; ``priority`` apart, as in the seed."""
-        return await self.emit(self.service.create_help_requested_event(data, priority))
-
-    async def emit_help_status_updated(self, *args: Any, **kwargs: Any) -> Event:
-        """Publish a help request's status change as the server."""
-        return await self.emit(self.service.create_help_status_updated_event(*args, **kwargs))
-
-    async def emit_command_applied(
-        self, command: Mapping[str, Any], result: Mapping[str, Any]
-    ) -> Event:
-        """Publish the record of a command and its result as the server."""
-        return await self.emit(self.service.create_command_applied_event(command, result))
-
-    async def emit_system_status(self, *args: Any, **kwargs: Any) -> Event:
-        """Publish a component's health as the server."""
-        return await self.emit(self.service.create_system_status_event(*args, **kwargs))
-
-
-def _read_request(request: Any) -> tuple[Any, Any, Any, bool]:
-    """``(type, data, room, lenient)`` from a client's publish object."""
-    if not isinstance(request, Mapping):
-        raise BadRequestError("publish expects an object {type, data, room?, version?}")
-    unknown = set(request) - PUBLISH_KEYS
-    if unknown:
-        names = ", ".join(sorted(str(k)[:64] for k in unknown))
-        raise BadRequestError(f"unknown publish fields: {names}")
-    lenient = "version" in request and check_version(request["version"])
-    return request.get("type"), request.get("data"), request.get("room"), lenient

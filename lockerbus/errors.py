@@ -84,6 +84,13 @@ class PayloadTooLargeError(LockerbusError):
     http_status = 413
 
 
+class ConflictError(LockerbusError):
+    """An event id is held already by an event with other content or another scope (§12)."""
+
+    code = "conflict"
+    http_status = 409
+
+
 class RateLimitedError(LockerbusError):
     """The connection or principal publishes faster than it may."""
 

@@ -34,6 +34,8 @@ from .service import parse_since
 from .store import EventStore
 
 MAX_PAGE: Final = 1000
+#: Events in one ``POST /api/events/batch`` (contract §12); more is 413.
+MAX_BATCH: Final = 1000
 DEFAULT_PAGE: Final = 50
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -116,6 +118,7 @@ class HttpApi:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_text)
         app.router.add_post("/api/events", self.post_event)
+        app.router.add_post("/api/events/batch", self.post_batch)
         app.router.add_get("/api/events", self.get_events)
         app.router.add_get("/api/stats", self.get_stats)
         app.router.add_post("/api/commands", self.post_command)
@@ -140,10 +143,37 @@ class HttpApi:
         """Publish one event: 201 with its envelope, or the contract's error."""
         principal = self.principal(request)
         payload = await self._json_body(request)
-        event = await self.bus.publish_request(
+        published = await self.bus.publish_request(
             payload, principal=principal, bucket=self.limits.bucket(principal.sub, principal.role)
         )
-        return json_response(event, status=201)
+        if published.duplicate:  # contract §12: the stored event, nothing stored again
+            return json_response({"event": published.event, "duplicate": True})
+        return json_response(published.event, status=201)
+
+    async def post_batch(self, request: web.Request) -> web.Response:
+        """Publish up to MAX_BATCH events in one request: 200 with each item's answer."""
+        principal = self.principal(request)
+        payload = await self._json_body(request, self.max_body * MAX_BATCH)
+        items = payload.get("events") if isinstance(payload, dict) else None
+        if not isinstance(items, list) or set(payload) - {"events"}:
+            raise BadRequestError("a batch is an object {events: [{type, data, room?, id?}, ...]}")
+        if len(items) > MAX_BATCH:
+            raise PayloadTooLargeError(
+                f"a batch holds at most {MAX_BATCH} events, not {len(items)}"
+            )
+        outcomes = await self.bus.publish_batch(
+            items, principal=principal, bucket=self.limits.bucket(principal.sub, principal.role)
+        )
+        return json_response(
+            {
+                "results": [
+                    {"ok": False, "error": o.to_wire()}
+                    if isinstance(o, LockerbusError)
+                    else o.ack()
+                    for o in outcomes
+                ]
+            }
+        )
 
     async def post_command(self, request: web.Request) -> web.Response:
         """Run a command at a kiosk: 201 with the command_applied envelope."""
@@ -152,10 +182,11 @@ class HttpApi:
         bucket = self.limits.bucket(principal.sub, principal.role)
         return json_response(await self.commands.execute(principal, payload, bucket), status=201)
 
-    async def _json_body(self, request: web.Request) -> Any:
-        if request.content_length is not None and request.content_length > self.max_body:
-            raise PayloadTooLargeError(f"request body is over {self.max_body} bytes")
-        body = await _read_body(request, self.max_body)
+    async def _json_body(self, request: web.Request, limit: int | None = None) -> Any:
+        limit = limit or self.max_body
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLargeError(f"request body is over {limit} bytes")
+        body = await _read_body(request, limit)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:

@@ -153,10 +153,10 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def _publish(self, sid: str, payload: Any) -> dict[str, Any]:
         conn = self._connection(sid)
-        event = await self.svc.bus.publish_request(
+        published = await self.svc.bus.publish_request(
             payload, principal=conn.principal, bucket=self._bucket(conn)
         )
-        return {"ok": True, "event": event}
+        return published.ack()
 
     async def on_command(self, sid: str, payload: Any = None) -> dict[str, Any]:
         return await answer(self._command, sid, payload)

@@ -19,6 +19,7 @@ from marshmallow import ValidationError
 from .errors import (
     BadRequestError,
     EventValidationError,
+    LockerbusError,
     PayloadTooLargeError,
     SchemaVersionError,
     UnknownEventTypeError,
@@ -88,6 +89,38 @@ def dumps(value: Any) -> bytes:
         raise BadRequestError(f"not representable as JSON: {exc}") from None
 
 
+def unencodable(value: Any, prefix: str) -> LockerbusError:
+    """Why ``value`` cannot be stored as JSON, naming the field when a string is not valid
+    Unicode (a lone surrogate passes the schemas but no UTF-8 encoder)."""
+    path = _bad_text(value, prefix)
+    if path is not None:
+        return EventValidationError({path: ["Not valid Unicode text (a lone surrogate)."]})
+    return BadRequestError(f"{prefix or 'the event'} is not representable as JSON")
+
+
+def _bad_text(value: Any, path: str) -> str | None:
+    """The path of the first string (key or value) UTF-8 cannot encode, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return path or "_schema"
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            name = str(key).encode(errors="backslashreplace").decode()  # the answer must encode
+            where = f"{path}.{name}" if path else name
+            found = _bad_text(key, where) or _bad_text(item, where)
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _bad_text(item, f"{path}.{index}" if path else str(index))
+            if found is not None:
+                return found
+    return None
+
+
 def check_version(version: object) -> bool:
     """Whether ``version`` is a newer 1.x; raises for a bad or foreign one."""
     parsed = parse_version(version)
@@ -111,7 +144,10 @@ class EventService:
 
     def check_size(self, data: Any) -> None:
         """Refuse ``data`` larger than ``max_event_bytes`` as JSON, before any schema work."""
-        size = len(dumps(data))
+        try:
+            size = len(orjson.dumps(data))
+        except TypeError:  # orjson.JSONEncodeError subclasses TypeError
+            raise unencodable(data, "data") from None
         if size > self.max_event_bytes:
             raise PayloadTooLargeError(
                 f"event data is {size} bytes as JSON; the limit is {self.max_event_bytes}"

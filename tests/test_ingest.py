@@ -1,0 +1,225 @@
+"""Idempotent and batch publish (contract §12) against real servers and stores."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support import close_clients, connect, locker_event, start_server
+
+LOCKERS = "/ws/lockers"
+
+
+def with_id(payload: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+    return {**payload, "id": event_id or str(uuid.uuid4())}
+
+
+async def post_batch(
+    server: Any,
+    http: aiohttp.ClientSession,
+    items: Any,
+    role: str = "gateway",
+    sub: str | None = None,
+) -> tuple[int, Any]:
+    async with http.post(
+        f"{server.url}/api/events/batch", json=items, headers=server.headers(role, sub)
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def history(server: Any, http: aiohttp.ClientSession) -> list[dict[str, Any]]:
+    params = {"namespace": LOCKERS, "limit": "1000"}
+    async with http.get(
+        f"{server.url}/api/events", params=params, headers=server.headers()
+    ) as resp:
+        events: list[dict[str, Any]] = (await resp.json())["events"]
+    return events
+
+
+async def test_socket_publish_with_a_held_id_answers_the_stored_event_once(server) -> None:
+    panel = await connect(server, LOCKERS, auth={"replay": False})
+    await panel.wait_events(LOCKERS, "replay_complete", 1)
+    await panel.call("subscribe", {"room": "locker_updates"}, LOCKERS)
+    gateway = await connect(server, LOCKERS, role="gateway", auth={"replay": False})
+    payload = with_id(locker_event(0))
+    first = await gateway.call("publish", payload, LOCKERS)
+    assert first["ok"] is True and "duplicate" not in first
+    assert first["event"]["id"] == payload["id"]
+    again = await gateway.call("publish", payload, LOCKERS)
+    assert again == {"ok": True, "event": first["event"], "duplicate": True}
+    marker = await gateway.call("publish", locker_event(1), LOCKERS)
+    # the marker's arrival proves the duplicate was not broadcast before it
+    await panel.wait_for(
+        lambda: (
+            marker["event"]["seq"]
+            in [e["seq"] for e in panel.events(LOCKERS, "locker_state_changed")]
+        )
+    )
+    assert [e["seq"] for e in panel.events(LOCKERS, "locker_state_changed")] == [1, 2]
+
+
+async def test_http_publish_with_a_held_id_is_200_duplicate(server, http) -> None:
+    payload = with_id(locker_event(0))
+    status, first = await server.post_event(http, payload)
+    assert status == 201 and first["id"] == payload["id"]
+    status, again = await server.post_event(http, payload)
+    assert status == 200 and again == {"event": first, "duplicate": True}
+    # an upper-case spelling is the same id
+    status, again = await server.post_event(http, {**payload, "id": payload["id"].upper()})
+    assert status == 200 and again["duplicate"] is True
+    assert [e["seq"] for e in await history(server, http)] == [1]
+
+
+async def test_same_id_with_other_content_or_scope_is_conflict(server, http) -> None:
+    event_id = str(uuid.uuid4())
+    status, _ = await server.post_event(http, with_id(locker_event(0, "kiosk-1"), event_id))
+    assert status == 201
+    status, body = await server.post_event(http, with_id(locker_event(2, "kiosk-1"), event_id))
+    assert status == 409 and body["error"]["code"] == "conflict"
+    other_type = {
+        "type": "system_status",
+        "data": {"component": "gateway", "status": "online", "health_score": 90},
+        "id": event_id,
+    }
+    status, body = await server.post_event(http, other_type)
+    assert status == 409 and body["error"]["code"] == "conflict"
+    kiosk = await connect(server, LOCKERS, role="kiosk", sub="kiosk-2", auth={"replay": False})
+    # kiosk-2 resending kiosk-1's event: forbidden by its data before the id is looked at
+    ack = await kiosk.call("publish", with_id(locker_event(0, "kiosk-1"), event_id), LOCKERS)
+    assert ack["ok"] is False and ack["error"]["code"] == "forbidden"
+    # the same id for kiosk-2's own content: held by an event outside its scope
+    ack = await kiosk.call("publish", with_id(locker_event(0, "kiosk-2"), event_id), LOCKERS)
+    assert ack["ok"] is False and ack["error"]["code"] == "conflict"
+    assert [e["seq"] for e in await history(server, http)] == [1]
+
+
+@pytest.mark.parametrize("bad", ["not-a-uuid", 12, "", None, "0" * 36, str(uuid.uuid4()) + "x"])
+async def test_a_bad_id_is_a_validation_error_naming_id(server, http, bad) -> None:
+    status, body = await server.post_event(http, {**locker_event(0), "id": bad})
+    assert status == 422
+    assert body["error"]["code"] == "validation_error" and "id" in body["error"]["fields"]
+
+
+async def test_batch_answers_each_item_in_order(server, http) -> None:
+    held_id = str(uuid.uuid4())
+    status, held = await server.post_event(http, with_id(locker_event(0), held_id))
+    assert status == 201
+    repeated = str(uuid.uuid4())
+    items = [
+        locker_event(1),
+        {"type": "nope", "data": {}},
+        with_id(locker_event(2), repeated),
+        with_id(locker_event(0), held_id),
+        {**locker_event(3), "id": "bad"},
+        with_id(locker_event(2), repeated),
+        with_id(locker_event(4), held_id),
+        locker_event(5),
+    ]
+    status, body = await post_batch(server, http, {"events": items})
+    assert status == 200
+    results = body["results"]
+    assert len(results) == len(items)
+    assert [r["ok"] for r in results] == [True, False, True, True, False, True, False, True]
+    assert results[1]["error"]["code"] == "unknown_type"
+    assert results[3] == {"ok": True, "event": held, "duplicate": True}
+    assert results[4]["error"]["code"] == "validation_error"
+    assert results[5] == {"ok": True, "event": results[2]["event"], "duplicate": True}
+    assert results[6]["error"]["code"] == "conflict"
+    stored = [results[i]["event"]["seq"] for i in (0, 2, 7)]
+    assert stored == [2, 3, 4], "seqs in item order"
+    assert [e["seq"] for e in await history(server, http)] == [1, 2, 3, 4]
+
+
+async def test_batch_over_the_limit_is_413_and_stores_nothing(server, http) -> None:
+    status, body = await post_batch(server, http, {"events": [locker_event(0)] * 1001})
+    assert status == 413 and body["error"]["code"] == "payload_too_large"
+    assert await history(server, http) == []
+    status, body = await post_batch(
+        server, http, {"events": [locker_event(n) for n in range(1000)]}
+    )
+    assert status == 200 and all(r["ok"] for r in body["results"])
+
+
+@pytest.mark.parametrize("body", [[], {"events": {}}, {"events": [], "more": 1}, {}])
+async def test_a_malformed_batch_is_bad_request(server, http, body) -> None:
+    status, answer = await post_batch(server, http, body)
+    assert status == 400 and answer["error"]["code"] == "bad_request"
+
+
+async def test_kiosk_batch_with_another_kiosks_item(server, http) -> None:
+    items = [locker_event(0, "kiosk-1"), locker_event(1, "kiosk-2"), locker_event(2, "kiosk-1")]
+    status, body = await post_batch(server, http, {"events": items}, role="kiosk", sub="kiosk-1")
+    assert status == 200
+    assert [r["ok"] for r in body["results"]] == [True, False, True]
+    assert body["results"][1]["error"]["code"] == "forbidden"
+    assert [e["data"]["kioskId"] for e in await history(server, http)] == ["kiosk-1", "kiosk-1"]
+
+
+async def test_batch_needs_a_token(server, http) -> None:
+    async with http.post(f"{server.url}/api/events/batch", json={"events": []}) as resp:
+        assert resp.status == 401
+
+
+async def test_idempotency_survives_a_sqlite_restart(server_factory, http, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'events.db'}"
+    payload = with_id(locker_event(0))
+    first = await start_server(store=store)
+    try:
+        status, stored = await first.post_event(http, payload)
+        assert status == 201
+    finally:
+        await close_clients()
+        await first.stop()
+    second = await server_factory(store=store)
+    status, again = await second.post_event(http, payload)
+    assert status == 200 and again == {"event": stored, "duplicate": True}
+    status, body = await post_batch(second, http, {"events": [payload]})
+    assert body["results"] == [{"ok": True, "event": stored, "duplicate": True}]
+    assert [e["seq"] for e in await history(second, http)] == [1]
+
+
+@pytest.mark.needs_redis
+async def test_idempotency_across_two_instances_on_one_redis(
+    server_factory, http, redis_shared, tmp_path: Path
+) -> None:
+    from tests.redis_support import shared_url
+
+    store = f"{shared_url()}?prefix=ingest-{tmp_path.name}"
+    a = await server_factory(store=store)
+    b = await server_factory(store=store)
+    payload = with_id(locker_event(0))
+    status, stored = await a.post_event(http, payload)
+    assert status == 201
+    status, again = await b.post_event(http, payload)
+    assert status == 200 and again == {"event": stored, "duplicate": True}
+    gateway = await connect(b, LOCKERS, role="gateway", auth={"replay": False})
+    ack = await gateway.call("publish", payload, LOCKERS)
+    assert ack == {"ok": True, "event": stored, "duplicate": True}
+    status, body = await post_batch(b, http, {"events": [payload, locker_event(1)]})
+    assert body["results"][0] == {"ok": True, "event": stored, "duplicate": True}
+    assert body["results"][1]["event"]["seq"] == 2
+    assert [e["seq"] for e in await history(a, http)] == [1, 2]
+
+
+async def test_a_lone_surrogate_is_a_validation_error_naming_the_field(server) -> None:
+    gateway = await connect(server, LOCKERS, role="gateway", auth={"replay": False})
+    payload = locker_event(0)
+    payload["data"]["reason"] = "x\ud800"
+    ack = await gateway.call("publish", payload, LOCKERS)
+    assert ack["ok"] is False
+    assert ack["error"]["code"] == "validation_error"
+    assert list(ack["error"]["fields"]) == ["data.reason"]
+    payload = locker_event(0)
+    payload["data"]["metadata"] = {"k\udc00": 1}
+    ack = await gateway.call("publish", payload, LOCKERS)
+    assert ack["error"]["code"] == "validation_error"
+    assert list(ack["error"]["fields"]) == ["data.metadata.k\\udc00"]
+    ack = await gateway.call("publish", {**locker_event(0), "room": "kiosk:\ud800"}, LOCKERS)
+    assert ack["error"]["code"] == "validation_error"
+    assert list(ack["error"]["fields"]) == ["room"]
+    ok = await gateway.call("publish", locker_event(0), LOCKERS)
+    assert ok["ok"] is True and ok["event"]["seq"] == 1, "nothing failed in the store"
