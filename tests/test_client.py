@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from lockerbus.app import GATEWAY
@@ -312,3 +314,67 @@ async def test_polling_transport_and_headers_pass_through(server_factory) -> Non
     assert event is not None and event["type"] == "system_status"
     assert [site for site, _ in seen] == ["site-7"]
     assert "transport=polling" in seen[0][1]
+
+
+class AckDropper:
+    """A TCP proxy in front of a server that cuts the connection, once, instead of passing
+    on the first publish ack: the server stored the event, the client never heard so."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.dropped = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, acks: bool) -> None:
+            try:
+                while chunk := await src.read(65536):
+                    if acks and not self.dropped.is_set() and re.search(rb'"ok": ?true', chunk):
+                        self.dropped.set()
+                        for w in (writer, up_writer):
+                            w.transport.abort()
+                        return
+                    dst.write(chunk)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+
+async def test_a_resend_after_a_lost_ack_is_stored_once(server_factory) -> None:
+    server = await server_factory()
+    proxy = AckDropper(server.port)
+    await proxy.start()
+    try:
+        token = server.token("kiosk", "kiosk-1")
+        url = f"http://127.0.0.1:{proxy.port}"
+        async with KioskClient(url, token, "kiosk-1", options=FAST) as kiosk:
+            await kiosk.wait_live()
+            event = await kiosk.publish_locker_state_changed("L1", "closed", "open")
+            assert proxy.dropped.is_set(), "the first ack was lost"
+            assert kiosk.published == 1
+    finally:
+        await proxy.close()
+    assert event is not None
+    params = {"namespace": "/ws/lockers", "limit": "100"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{server.url}/api/events", params=params, headers=server.headers()) as resp,
+    ):
+        stored = (await resp.json())["events"]
+    assert [e["id"] for e in stored] == [event["id"]], "stored exactly once"
+    assert stored[0] == event

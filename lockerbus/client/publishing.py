@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -66,7 +67,8 @@ class Publisher:
             raise ClientClosed("the client is closed")
         if self.failure is not None:
             raise self.failure
-        payload: dict[str, Any] = {"type": event_type, "data": dict(data)}
+        # the id is chosen once, here: a resend after a lost ack is then stored once (§12)
+        payload: dict[str, Any] = {"type": event_type, "data": dict(data), "id": str(uuid.uuid4())}
         if room is not None:
             payload["room"] = room
         item = Item(self._next_id, payload)
@@ -136,8 +138,8 @@ class Publisher:
             finally:
                 self._inflight = None
             if answer is None:
-                # no ack (dropped connection, timeout): resend once reconnected;
-                # the server may have stored it, so delivery is at-least-once
+                # no ack (dropped connection, timeout): resend once reconnected; the
+                # server may have stored it, and then answers the resend as a duplicate
                 item.attempts -= 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(link._gone.wait(), opts.reconnect_first_delay)
