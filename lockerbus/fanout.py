@@ -28,6 +28,9 @@ from engineio import packet as eio_packet
 
 from .sio_adapter import fast_path_available, track_websockets, writer_idle
 
+#: Turns of the event loop a direct write waits for others to join it.
+FLUSH_ROUNDS = 16
+
 
 class Outgoing:
     """One encoded message: its Engine.IO packet and, made on first use, its websocket frame."""
@@ -61,6 +64,17 @@ def encode_event(namespace: str, name: str, payload: Any) -> Outgoing:
     return Outgoing(eio_packet.Packet(eio_packet.MESSAGE, data=text))
 
 
+def encode_ack(namespace: str, ack_id: Any, answer: Any) -> Outgoing | None:
+    """One Engine.IO MESSAGE carrying Socket.IO ACK ``ack_id`` with ``answer``; None when
+    orjson cannot encode it (python-socketio's own path then sends it)."""
+    try:
+        body = orjson.dumps([answer]).decode()
+    except TypeError:
+        return None
+    text = f"3{namespace},{int(ack_id)}{body}" if namespace != "/" else f"3{int(ack_id)}{body}"
+    return Outgoing(eio_packet.Packet(eio_packet.MESSAGE, data=text))
+
+
 class Sender:
     """Puts ready packets on Engine.IO sockets, in call order."""
 
@@ -74,6 +88,10 @@ class Sender:
         self._pending: set[asyncio.Task[None]] = set()
         self.fast = fast_path_available(eio)
         self._transports: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        #: frames written "now" during this turn of the loop, per transport: flushed at its
+        #: end with one write each, so a burst of acks and broadcasts costs one syscall
+        self._batched: dict[Any, list[bytes]] = {}
+        self._rounds = 0
         if self.fast:
             track_websockets(eio, self._transports)
 
@@ -112,8 +130,10 @@ class Sender:
                 return False
             # The writer waits in queue.get() only once it has written all it took,
             # so with nothing queued a frame written now is in order.
-            if socket.upgraded and not socket.upgrading and writer_idle(queue):
-                transport.write(out.frame)
+            if transport in self._batched or (
+                socket.upgraded and not socket.upgrading and writer_idle(queue)
+            ):
+                self._write(transport, out.frame)
                 self.direct += 1
                 return True
         if queue.qsize() >= self._max_queue:
@@ -121,3 +141,30 @@ class Sender:
         queue.put_nowait(out.packet)
         self.queued += 1
         return True
+
+    def _write(self, transport: Any, frame: bytes) -> None:
+        """Write ``frame`` a few turns of the loop later, with the others for ``transport``.
+
+        Still in order: while frames wait here, a packet Engine.IO's writer
+        could take must wait too, so :meth:`send` queues nothing behind them.
+        """
+        frames = self._batched.get(transport)
+        if frames is not None:
+            frames.append(frame)
+            return
+        if not self._batched:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._batched[transport] = [frame]
+
+    def _flush(self) -> None:
+        # Engine.IO reads one message per turn of the loop: waiting a few turns (each
+        # a few µs when idle) lets a busy connection's acks and events share a write.
+        if self._rounds < FLUSH_ROUNDS:
+            self._rounds += 1
+            asyncio.get_running_loop().call_soon(self._flush)
+            return
+        self._rounds = 0
+        batched, self._batched = self._batched, {}
+        for transport, frames in batched.items():
+            if not transport.is_closing():
+                transport.write(frames[0] if len(frames) == 1 else b"".join(frames))

@@ -25,7 +25,7 @@ from .config import Settings
 from .delivery import Background, CatchUp, Connection, Hub, parse_replay_request
 from .errors import BadRequestError, ForbiddenError, LockerbusError
 from .events import EVENTS_NS, KIOSK_ROOM_PREFIX, NAMESPACES
-from .fanout import Sender
+from .fanout import Sender, encode_ack
 from .limits import RoleLimits, TokenBucket
 from .log import server_logger
 from .metrics import Metrics
@@ -237,6 +237,11 @@ class LockerbusServer(HookedAsyncServer):
                 mode="production",
                 read_only=True,
             )
+
+    def send_ack(self, eio_sid: str, namespace: str, ack_id: Any, answer: dict[str, Any]) -> bool:
+        """Acks go the broadcasts' way: orjson, and the frame fast path (fanout.Sender)."""
+        out = encode_ack(namespace, ack_id, answer)
+        return out is not None and self.sender.send(eio_sid, out)
 
     def malformed_packet(self, eio_sid: str, exc: Exception) -> None:
         server_logger.warning("closing eio_sid=%s: malformed packet: %.200s", eio_sid, exc)

@@ -55,6 +55,18 @@ INTERNALS: Final = (
         "socketio.AsyncServer._handle_connect", socketio.AsyncServer, "_handle_connect", "coroutine"
     ),
     Internal(
+        "socketio.AsyncServer._handle_event_internal",
+        socketio.AsyncServer,
+        "_handle_event_internal",
+        "coroutine",
+    ),
+    Internal(
+        "socketio.AsyncServer._trigger_event", socketio.AsyncServer, "_trigger_event", "coroutine"
+    ),
+    Internal(
+        "socketio.AsyncServer._send_packet", socketio.AsyncServer, "_send_packet", "coroutine"
+    ),
+    Internal(
         "socketio.AsyncServer.manager_initialized",
         socketio.AsyncServer,
         "manager_initialized",
@@ -147,6 +159,30 @@ class HookedAsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is not None and self.manager.is_connected(sid, namespace):
             self.connection_established(namespace, sid)
+
+    async def _handle_event_internal(
+        self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: Any
+    ) -> None:
+        # python-socketio's, with one change: an ack that is one JSON object goes to
+        # send_ack (encoded with orjson, written like a broadcast) when it takes it
+        result = await server._trigger_event(data[0], namespace, sid, *data[1:])
+        if result == self.not_handled or id is None:
+            return
+        if isinstance(result, dict) and self.send_ack(eio_sid, namespace, id, result):
+            return
+        if result is None:
+            args = []
+        elif isinstance(result, tuple):
+            args = list(result)
+        else:
+            args = [result]
+        await server._send_packet(
+            eio_sid, self.packet_class(socketio.packet.ACK, namespace=namespace, id=id, data=args)
+        )
+
+    def send_ack(self, eio_sid: str, namespace: str, ack_id: Any, answer: dict[str, Any]) -> bool:
+        """Send a handler's ``answer`` as the ack ``ack_id``; False: python-socketio sends it."""
+        return False
 
     def malformed_packet(self, eio_sid: str, exc: Exception) -> None:
         """A client sent a packet python-socketio could not handle."""
