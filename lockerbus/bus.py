@@ -77,11 +77,8 @@ class EventBus(SeedApi):
         principal: Principal,
         bucket: TokenBucket | None = None,
     ) -> Published:
-        """Publish a client's ``{type, data, room?, version?, id?}`` (socket or HTTP).
-
-        A held ``id`` stores and broadcasts nothing and answers the stored event
-        as a duplicate, or raises ConflictError when its content differs (§12).
-        """
+        """Publish a client's ``{type, data, room?, version?, id?}`` (socket or HTTP); a held
+        ``id`` answers the stored event as a duplicate, or ConflictError (§12)."""
         prepared = await self._prepare(None, None, principal, bucket, None, payload)
         try:
             stored = await self._append(prepared.event, None)
@@ -100,11 +97,8 @@ class EventBus(SeedApi):
         principal: Principal,
         bucket: TokenBucket | None = None,
     ) -> list[Published | LockerbusError]:
-        """Publish many client requests, each as one publish, in order, in one store write.
-
-        Each item succeeds or fails on its own; seqs follow item order within a
-        namespace.
-        """
+        """Publish each request as one publish, in order, in one store write (§12); each
+        item succeeds or fails on its own, and seqs follow item order per namespace."""
         outcomes: list[Published | LockerbusError | Prepared] = []
         for payload in payloads:
             try:
