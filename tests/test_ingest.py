@@ -8,7 +8,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from lockerbus.auth import Principal
+from lockerbus.bus import EventBus
+from lockerbus.errors import LockerbusError
+from lockerbus.metrics import Metrics
+from lockerbus.service import EventService
+from lockerbus.store.memory import MemoryEventStore
 from tests.support import close_clients, connect, locker_event, start_server
 
 LOCKERS = "/ws/lockers"
@@ -223,3 +231,35 @@ async def test_a_lone_surrogate_is_a_validation_error_naming_the_field(server) -
     assert list(ack["error"]["fields"]) == ["room"]
     ok = await gateway.call("publish", locker_event(0), LOCKERS)
     assert ok["ok"] is True and ok["event"]["seq"] == 1, "nothing failed in the store"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    field=st.sampled_from(["lockerId", "kioskId", "reason", "userId", "metadata", "room"]),
+    # hypothesis leaves surrogates out of characters() unless asked
+    text=st.text(st.characters() | st.integers(0xD800, 0xDFFF).map(chr), max_size=8),
+)
+async def test_no_text_in_a_publish_is_a_store_failure(field: str, text: str) -> None:
+    store = MemoryEventStore()
+    await store.start()
+    bus = EventBus(EventService(), store, Metrics())
+    payload: dict[str, Any] = locker_event(0)
+    if field == "room":
+        payload["room"] = f"kiosk:{text}"
+    elif field == "metadata":
+        payload["data"]["metadata"] = {text: text}
+    else:
+        payload["data"][field] = text
+    error: LockerbusError | None = None
+    try:
+        published = await bus.publish_request(payload, principal=Principal("gw", "gateway"))
+        assert published.event["seq"] == 1
+    except LockerbusError as exc:
+        error = exc
+    finally:
+        await store.close()
+    if error is not None:
+        assert error.code != "store_unavailable", error.message
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+            assert error.code == "validation_error", error.message
+            assert error.fields
