@@ -19,6 +19,7 @@ from lockerbus.auth import Principal
 from lockerbus.delivery import Background, CatchUp, Connection, Hub, ReplayRequest
 from lockerbus.metrics import Metrics
 from lockerbus.store import EventStore, StoreOptions, open_store
+from lockerbus.views import ConnectionViews
 from tests.storekit import make_event
 
 LOCKERS = "/ws/lockers"
@@ -104,7 +105,9 @@ class Rig:
     def connect(self, replay: ReplayRequest, sub: str = "panel-1") -> Connection:
         """What the connect handler does before its first await."""
         self._n += 1
-        conn = Connection(f"s{self._n}", f"e{self._n}", LOCKERS, Principal(sub, "panel"), replay)
+        principal = Principal(sub, "panel")
+        views = ConnectionViews(principal)
+        conn = Connection(f"s{self._n}", f"e{self._n}", LOCKERS, principal, replay, views)
         self.hub.add(conn)
         return conn
 
