@@ -93,6 +93,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         limits=PrincipalLimits(settings.rate_limit_per_second, settings.rate_limit_burst),
         max_event_bytes=settings.max_event_bytes,
         stats=stats,
+        problem=lambda: None if gateway.relay is None else gateway.relay.problem(),
     ).add_routes(app)
     BoardRoutes(
         secret=settings.secret,

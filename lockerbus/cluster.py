@@ -59,6 +59,8 @@ class Listener(Protocol):
 
     def restart(self) -> None: ...
 
+    def problem(self) -> str | None: ...
+
 
 @dataclass(slots=True)
 class _Cursor:
@@ -227,6 +229,10 @@ class ClusterRelay:
         listener.restart()
         # No ping this round: the new listener may not have subscribed yet.
         self._pong = self._ping_sent
+
+    def problem(self) -> str | None:
+        """Why live delivery is not working now (for /readyz), or None."""
+        return None if self.listener is None else self.listener.problem()
 
     def stats(self) -> dict[str, Any]:
         """Figures for /api/stats."""

@@ -21,7 +21,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .log import server_logger
-from .store.redis import COMMAND_TIMEOUT_SECONDS, CONNECT_TIMEOUT_SECONDS, split_url
+from .redisopts import client_options
+from .store.redis import split_url
 
 TTL_SECONDS: Final = 15.0
 HEARTBEAT_SECONDS: Final = 5.0
@@ -38,11 +39,7 @@ class Presence:
         plain_url, prefix = split_url(url)
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self._prefix = prefix
-        self._redis = Redis.from_url(
-            plain_url,
-            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            socket_timeout=COMMAND_TIMEOUT_SECONDS,
-        )
+        self._redis = Redis.from_url(plain_url, **client_options())
         self._own: dict[str, str] = {}  # sid -> kiosk id, to restore after Redis lost them
 
     def _kiosk_key(self, kiosk_id: str) -> str:

@@ -715,6 +715,11 @@ def _short(value: Any) -> str | None:
 # -- several instances -----------------------------------------------------------
 
 TESTED_SOCKETIO: Final = ("5.",)
+READ_SECONDS: Final = 1.0  # one pub/sub read waits at most this long
+MAX_INSTANT_READS: Final = 50  # empty reads in a row that returned at once: a dead socket
+RECONNECT_FIRST_SECONDS: Final = 0.25
+RECONNECT_MAX_SECONDS: Final = 4.0
+CLOSE_SECONDS: Final = 1.0
 
 
 class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
@@ -732,8 +737,11 @@ class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     PING: Final = "lockerbus_ping"
 
     def __init__(self, url: str, *, channel: str) -> None:
-        super().__init__(url, channel=channel)
+        from .redisopts import client_options  # redis: imported only in cluster mode
+
+        super().__init__(url, channel=channel, redis_options=client_options())
         self.relay: ClusterRelay | None = None
+        self.failure: str | None = "pub/sub not subscribed yet"
         self._internals = version("python-socketio").startswith(TESTED_SOCKETIO) and all(
             hasattr(self, name) for name in ("_thread", "_publish", "_listen")
         )
@@ -755,6 +763,62 @@ class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                     self.relay.pong(int(data.get("token", 0)))
                 continue
             yield message
+
+    # -- partition-proof listening (issue 20) ------------------------------------
+
+    async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
+        """Replaces python-socketio's listener loop: every read is bounded, so no
+        loop can wait forever on a dead connection or spin on one; a failure is
+        recorded (``problem``, /readyz) and the subscription made again with backoff.
+        Yields raw pub/sub messages; python-socketio's ``_listen`` filters them."""
+        delay = RECONNECT_FIRST_SECONDS
+        while True:
+            try:
+                async for message in self._subscription():
+                    delay = RECONNECT_FIRST_SECONDS
+                    yield message
+            except Exception as exc:
+                failure = f"pub/sub {self.redis_url}: {exc or type(exc).__name__}"
+                if failure != self.failure:
+                    server_logger.error("cluster: %s; subscribing again", failure)
+                self.failure = failure
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    async def _subscription(self) -> AsyncIterator[Any]:
+        """One subscription on one connection, read in bounded steps until it fails."""
+        if self.redis is None:
+            self._redis_connect()  # the client (and pool) python-socketio publishes with
+        pubsub = self.pubsub = self.redis.pubsub()
+        loop = asyncio.get_running_loop()
+        try:
+            await pubsub.subscribe(self.channel)
+            instant = 0
+            while True:
+                began = loop.time()
+                message = await pubsub.get_message(timeout=READ_SECONDS)
+                if message is None:
+                    # A dead socket can make every read return at once: redis-py
+                    # <8.2 took ETIMEDOUT for "no message yet" and spun here.
+                    instant = instant + 1 if loop.time() - began < READ_SECONDS / 2 else 0
+                    if instant >= MAX_INSTANT_READS:
+                        raise ConnectionError("pub/sub reads return at once: connection dead")
+                    continue
+                instant = 0
+                if message.get("type") == "subscribe":
+                    if self.failure is not None:
+                        server_logger.warning("cluster: pub/sub subscribed")
+                    self.failure = None  # Redis confirmed: the channel is heard again
+                    continue
+                yield message
+        finally:
+            await _close_quietly(pubsub)
+
+    def problem(self) -> str | None:
+        """Why this instance cannot hear the cluster now, or None."""
+        if not self.alive():
+            return "pub/sub listener stopped"
+        return self.failure
 
     def alive(self) -> bool:
         """Whether the listener task is still running."""
@@ -779,7 +843,8 @@ class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
 
 async def _close_quietly(pubsub: Any) -> None:
     try:
-        await pubsub.aclose()
+        async with asyncio.timeout(CLOSE_SECONDS):  # over a cut link, closing can hang
+            await pubsub.aclose()
     except Exception:
         server_logger.debug("closing a dropped pub/sub connection failed")
 

@@ -35,16 +35,15 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from ..errors import StoreUnavailableError
 from ..events import Event
 from ..log import store_logger
 from ..recovery import decide
+from ..redisopts import COMMAND_TIMEOUT_SECONDS, client_options
 from . import StoreOptions, redis_lua
 from .base import EVICTION_REASONS, EventStore, NamespaceStats, ReplayResult, StoreStats
 from .codec import (
@@ -60,8 +59,6 @@ from .codec import (
 )
 
 DEFAULT_PREFIX: Final = "lockerbus"
-CONNECT_TIMEOUT_SECONDS: Final = 2.0
-COMMAND_TIMEOUT_SECONDS: Final = 5.0
 MAX_CONNECTIONS: Final = 16
 # Appends queued while the previous batch was out go to Redis in one pipeline.
 _MAX_BATCH: Final = 256
@@ -163,9 +160,7 @@ class RedisEventStore(EventStore):
             self._url,
             max_connections=MAX_CONNECTIONS,
             timeout=COMMAND_TIMEOUT_SECONDS,
-            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            socket_timeout=COMMAND_TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),
+            **client_options(),
         )
         client = Redis.from_pool(pool)  # the client owns the pool and closes it
         self._redis = client
