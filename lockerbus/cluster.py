@@ -216,6 +216,11 @@ class ClusterRelay:
             return
         if behind:
             server_logger.error("cluster: events reached this instance only from the store")
+        if listener.alive() and listener.problem() is not None:
+            # It knows it is cut off and is subscribing again on its own: no ping
+            # (none could be heard), no restart (it would only start that over).
+            self._pong = self._ping_sent
+            return
         if not listener.alive():
             server_logger.error("cluster: the pub/sub listener stopped")
         elif self._pong < self._ping_sent:

@@ -720,6 +720,7 @@ MAX_INSTANT_READS: Final = 50  # empty reads in a row that returned at once: a d
 RECONNECT_FIRST_SECONDS: Final = 0.25
 RECONNECT_MAX_SECONDS: Final = 4.0
 CLOSE_SECONDS: Final = 1.0
+NOT_SUBSCRIBED: Final = "pub/sub not subscribed yet"
 
 
 class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
@@ -741,7 +742,7 @@ class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
 
         super().__init__(url, channel=channel, redis_options=client_options())
         self.relay: ClusterRelay | None = None
-        self.failure: str | None = "pub/sub not subscribed yet"
+        self.failure: str | None = NOT_SUBSCRIBED
         self._internals = version("python-socketio").startswith(TESTED_SOCKETIO) and all(
             hasattr(self, name) for name in ("_thread", "_publish", "_listen")
         )
@@ -806,8 +807,8 @@ class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                     continue
                 instant = 0
                 if message.get("type") == "subscribe":
-                    if self.failure is not None:
-                        server_logger.warning("cluster: pub/sub subscribed")
+                    if self.failure not in (None, NOT_SUBSCRIBED):
+                        server_logger.warning("cluster: pub/sub subscribed again")
                     self.failure = None  # Redis confirmed: the channel is heard again
                     continue
                 yield message
