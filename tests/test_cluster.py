@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.cluster_support import wait_ready
@@ -28,6 +29,8 @@ async def instances(redis: RedisServer, directory: Path, count: int = 2) -> list
         for i in range(count)
     ]
     await asyncio.gather(*(p.started() for p in procs))
+    async with aiohttp.ClientSession() as http:  # ready: store answers, pub/sub subscribed
+        await wait_ready(http, *procs)
     return procs
 
 
