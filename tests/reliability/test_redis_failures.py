@@ -171,3 +171,24 @@ async def test_maxmemory_refuses_with_store_unavailable_then_resumes(
         events = (await resp.json())["events"]
     assert events == [*acked, after][:1000], "exactly the acknowledged events are stored"
     record("redis_maxmemory", acked_before_limit=len(acked), refusals=len(refusals))
+
+
+async def test_readyz_reports_a_pub_sub_that_cannot_subscribe_until_it_does(
+    tmp_path: Path, redis_server, server_factory, http
+) -> None:
+    """The message queue's Redis is down while the store's is up: the instance is
+    not ready, says why, and becomes ready by itself once it subscribes."""
+    queue = RedisServer(tmp_path / "queue")  # its port is chosen; started later
+    server = await server_factory(store=redis_server.url, message_queue=queue.url)
+    status, _, body = await timed_get(http, f"{server.url}/readyz")
+    assert status == 503 and "pub/sub" in body["reason"], body
+    async with http.get(f"{server.url}/healthz") as resp:
+        assert resp.status == 200
+    await asyncio.to_thread(queue.start)
+    try:
+        began = time.monotonic()
+        await wait_ready(http, server)
+        record("pubsub_readyz", ready_after_queue_start_s=round(time.monotonic() - began, 2))
+        assert time.monotonic() - began < 6, "reconnect backoff is capped at 4 s"
+    finally:
+        queue.stop()
