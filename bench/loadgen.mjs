@@ -16,6 +16,9 @@
 //   throughput  keep --window publishes in flight for --duration s (closed loop)
 //   storm       open all N connections at once; report the time to connect them all,
 //               then publish a few events to check that every client gets them
+//   http        like throughput, but each publish is one `POST /api/events` (keep-alive,
+//               --window requests in flight, the publisher token as a Bearer token)
+//   batch       like http, but each request is `POST /api/events/batch` with --batch items
 //
 // stdout: one JSON object per line, {"event": "ready" | "publish_start" | "drained" |
 // "result" | "error", ...}. scripts/bench samples the server when it reads them.
@@ -283,6 +286,7 @@ function parseOptions() {
       "drain-timeout": { type: "string", default: "10" },
       "ack-timeout": { type: "string", default: "10" },
       "storm-events": { type: "string", default: "10" },
+      batch: { type: "string", default: "100" },
       tokens: { type: "string" },
       "replay-complete": { type: "boolean", default: false },
     },
@@ -299,7 +303,7 @@ function parseOptions() {
   if (!["127.0.0.1", "localhost", "[::1]"].includes(url.hostname)) {
     fail(`refusing ${url.hostname}: the load generator only targets the loopback interface`);
   }
-  const modes = ["fanout", "throughput", "storm"];
+  const modes = ["fanout", "throughput", "storm", "http", "batch"];
   if (!modes.includes(opt.mode)) fail(`--mode must be one of ${modes.join(", ")}`);
   // Bounds: a 2-core machine, one process.
   const clients = num("clients", 1, 5000);
@@ -321,6 +325,7 @@ function parseOptions() {
     drainTimeout: num("drain-timeout", 0, 120) * 1000,
     ackTimeout: num("ack-timeout", 0.1, 120) * 1000,
     stormEvents: num("storm-events", 1, 1000),
+    batch: num("batch", 1, 1000),
     tokens: opt.tokens ? JSON.parse(readFileSync(opt.tokens, "utf8")) : {},
     replayComplete: opt["replay-complete"],
   };
@@ -400,6 +405,7 @@ async function main() {
   let firstRejection = null;
   let ackTimeouts = 0;
   let measuredPublished = 0;
+  let measuredAcked = 0;
   let windowFullTicks = 0;
   let measureFrom = Number.POSITIVE_INFINITY;
   let running = false;
@@ -420,13 +426,66 @@ async function main() {
           firstRejection ??= ack ?? null;
         } else {
           ackedOk++;
+          if (t >= measureFrom) measuredAcked++;
           acked.set(n);
           ackLatency.push(nowMs() - t);
         }
         if (running && cfg.mode === "throughput") refill();
       });
   };
+  // One HTTP request carrying `items` publishes; an item counts as acked when
+  // its own answer is ok (201 for one event, {ok: true} in a batch's results).
+  const settle = (n, t, ok, answer) => {
+    if (ok) {
+      ackedOk++;
+      if (t >= measureFrom) measuredAcked++;
+      acked.set(n);
+      ackLatency.push(nowMs() - t);
+    } else {
+      rejected++;
+      firstRejection ??= answer ?? null;
+    }
+  };
+  const publishHttp = () => {
+    const items = cfg.mode === "batch" ? cfg.batch : 1;
+    const first = published;
+    published += items;
+    const t = nowMs();
+    if (t >= measureFrom) measuredPublished += items;
+    outstanding += items;
+    const events = Array.from({ length: items }, (_, i) => ({ type: cfg.type, data: makeData(first + i, t) }));
+    const path = cfg.mode === "batch" ? "/api/events/batch" : "/api/events";
+    const body = JSON.stringify(cfg.mode === "batch" ? { events } : events[0]);
+    fetch(`${cfg.origin}${path}`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${pubToken}`, "content-type": "application/json" },
+      body,
+      signal: AbortSignal.timeout(cfg.ackTimeout),
+    })
+      .then(async (res) => {
+        const answer = await res.json().catch(() => null);
+        if (cfg.mode === "batch") {
+          const results = res.status === 200 && Array.isArray(answer?.results) ? answer.results : [];
+          for (let i = 0; i < items; i++) settle(first + i, t, results[i]?.ok === true, answer);
+        } else {
+          settle(first, t, res.status === 201, { status: res.status, ...answer });
+        }
+      })
+      .catch(() => {
+        ackTimeouts += items;
+      })
+      .finally(() => {
+        outstanding -= items;
+        if (running) refill();
+      });
+  };
+  const http = cfg.mode === "http" || cfg.mode === "batch";
+  const perRequest = cfg.mode === "batch" ? cfg.batch : 1;
   const refill = () => {
+    if (http) {
+      while (running && outstanding < cfg.window * perRequest) publishHttp();
+      return;
+    }
     while (running && outstanding < cfg.window) publishOne();
   };
   // Open loop at `rate`, never more than `window` unacked: a server that cannot
@@ -469,7 +528,7 @@ async function main() {
   if (cfg.mode === "storm") {
     startMeasuring(nowMs());
     windowMs = await publishPaced(10, cfg.stormEvents / 10);
-  } else if (cfg.mode === "throughput") {
+  } else if (cfg.mode === "throughput" || http) {
     startMeasuring(nowMs() + cfg.warmup * 1000);
     if (cfg.warmup > 0) await publishClosedLoop(cfg.warmup);
     windowMs = await publishClosedLoop(cfg.duration);
@@ -524,6 +583,7 @@ async function main() {
     first_rejection: firstRejection,
     ack_timeouts: ackTimeouts,
     events_per_s: Math.round((measuredPublished / seconds) * 10) / 10,
+    accepted_per_s: Math.round((measuredAcked / seconds) * 10) / 10,
     deliveries: sum("unique"),
     deliveries_per_s: Math.round(sum("measured") / seconds),
     expected_deliveries: ackedOk * cfg.clients,

@@ -31,7 +31,56 @@ const ROUTES = {
 const EPOCH = randomUUID().replaceAll("-", "");
 const seqs = Object.fromEntries(Object.keys(NAMESPACE_ROOMS).map((ns) => [ns, 0]));
 
-const httpServer = createServer();
+function publish(message) {
+  const target = message && ROUTES[message.type];
+  if (!target) return { ok: false, error: { code: "bad_request", message: "type required" } };
+  const room = message.room || NAMESPACE_ROOMS[target];
+  const envelope = {
+    id: randomUUID(),
+    type: message.type,
+    version: "1.0",
+    seq: ++seqs[target],
+    epoch: EPOCH,
+    namespace: target,
+    room,
+    timestamp: new Date().toISOString(),
+    data: message.data,
+  };
+  io.of(target).to(room).emit(message.type, envelope);
+  return { ok: true, event: envelope };
+}
+
+// POST /api/events (201 + envelope) and /api/events/batch (200 {results}), as plain_server.py.
+function handleHttp(req, res) {
+  // engine.io handles /socket.io/ itself and hands every other request here
+  if (req.method !== "POST" || !["/api/events", "/api/events/batch"].includes(req.url)) {
+    res.writeHead(404).end();
+    return;
+  }
+  const chunks = [];
+  req.on("data", (chunk) => chunks.push(chunk));
+  req.on("end", () => {
+    let body;
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+    } catch {
+      res.writeHead(400, { "content-type": "application/json" }).end('{"error":{"code":"bad_request"}}');
+      return;
+    }
+    let status = 200;
+    let answer;
+    if (req.url === "/api/events") {
+      const result = publish(body);
+      status = result.ok ? 201 : 400;
+      answer = result.ok ? result.event : { error: result.error };
+    } else {
+      answer = { results: (body.events ?? []).map(publish) };
+    }
+    res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(answer));
+  });
+}
+
+const httpServer = createServer(handleHttp);
 const io = new Server(httpServer, { perMessageDeflate: false, httpCompression: false });
 
 for (const namespace of Object.keys(NAMESPACE_ROOMS)) {
@@ -46,24 +95,7 @@ for (const namespace of Object.keys(NAMESPACE_ROOMS)) {
       if (message && typeof message.room === "string") socket.leave(message.room);
       ack?.({ ok: true });
     });
-    socket.on("publish", (message, ack) => {
-      const target = message && ROUTES[message.type];
-      if (!target) return ack?.({ ok: false, error: { code: "bad_request", message: "type required" } });
-      const room = message.room || NAMESPACE_ROOMS[target];
-      const envelope = {
-        id: randomUUID(),
-        type: message.type,
-        version: "1.0",
-        seq: ++seqs[target],
-        epoch: EPOCH,
-        namespace: target,
-        room,
-        timestamp: new Date().toISOString(),
-        data: message.data,
-      };
-      io.of(target).to(room).emit(message.type, envelope);
-      ack?.({ ok: true, event: envelope });
-    });
+    socket.on("publish", (message, ack) => ack?.(publish(message)));
   });
 }
 

@@ -5,7 +5,9 @@ It speaks just enough of the lockerbus contract for the load generator:
 ``{ok: true}``, ``publish {type, data, room?}`` wraps ``data`` in an envelope
 shaped like lockerbus's (so both servers put the same bytes on the wire),
 emits it to the room under the event's type and acks ``{ok: true, event}``.
-No validation, no store, no replay: that is the point of a baseline.
+``POST /api/events`` does the same over HTTP (201 and the envelope) and
+``POST /api/events/batch {events: [...]}`` for many (200 ``{results}``).
+No auth, validation, store or replay: that is the point of a baseline.
 
 permessage-deflate is refused, as lockerbus does by default: python-engineio
 4.15 has no option for it on aiohttp (its ``WebSocketResponse`` keeps aiohttp's
@@ -77,24 +79,31 @@ class PlainNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         return {"ok": True}
 
     async def on_publish(self, sid: str, message: Any) -> dict[str, Any]:
-        if not isinstance(message, dict) or message.get("type") not in ROUTES:
-            return {"ok": False, "error": {"code": "bad_request", "message": "type required"}}
-        event_type = message["type"]
-        namespace = ROUTES[event_type]
-        room = message.get("room") or NAMESPACE_ROOMS[namespace]
-        envelope = {
-            "id": str(uuid.uuid4()),
-            "type": event_type,
-            "version": "1.0",
-            "seq": next(self._seqs[namespace]),
-            "epoch": EPOCH,
-            "namespace": namespace,
-            "room": room,
-            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
-            "data": message.get("data"),
-        }
-        await self.server.emit(event_type, envelope, to=room, namespace=namespace)
-        return {"ok": True, "event": envelope}
+        return await publish(self.server, self._seqs, message)
+
+
+async def publish(
+    sio: socketio.AsyncServer, seqs: dict[str, itertools.count[int]], message: Any
+) -> dict[str, Any]:
+    """Wrap ``message`` in an envelope, emit it to its room, answer like lockerbus's ack."""
+    if not isinstance(message, dict) or message.get("type") not in ROUTES:
+        return {"ok": False, "error": {"code": "bad_request", "message": "type required"}}
+    event_type = message["type"]
+    namespace = ROUTES[event_type]
+    room = message.get("room") or NAMESPACE_ROOMS[namespace]
+    envelope = {
+        "id": str(uuid.uuid4()),
+        "type": event_type,
+        "version": "1.0",
+        "seq": next(seqs[namespace]),
+        "epoch": EPOCH,
+        "namespace": namespace,
+        "room": room,
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
+        "data": message.get("data"),
+    }
+    await sio.emit(event_type, envelope, to=room, namespace=namespace)
+    return {"ok": True, "event": envelope}
 
 
 def create_app() -> web.Application:
@@ -105,6 +114,20 @@ def create_app() -> web.Application:
         sio.register_namespace(PlainNamespace(namespace, seqs))
     app = web.Application(middlewares=[refuse_ws_compression])
     sio.attach(app)
+
+    async def post_event(request: web.Request) -> web.Response:
+        answer = await publish(sio, seqs, await request.json())
+        if not answer["ok"]:
+            return web.json_response({"error": answer["error"]}, status=400)
+        return web.json_response(answer["event"], status=201)
+
+    async def post_batch(request: web.Request) -> web.Response:
+        body = await request.json()
+        results = [await publish(sio, seqs, item) for item in body.get("events", [])]
+        return web.json_response({"results": results})
+
+    app.router.add_post("/api/events", post_event)
+    app.router.add_post("/api/events/batch", post_batch)
     return app
 
 

@@ -57,6 +57,12 @@ class Scenario:
     window: int = 16
     idle_hold: float = 2.0
     storm_events: int = 10
+    batch: int = 100
+
+    @property
+    def ingest(self) -> bool:
+        """Ingest scenarios measure taking events in (one publisher), not fan-out."""
+        return self.mode in INGEST_MODES
 
     def loadgen_args(self) -> list[str]:
         return [
@@ -68,12 +74,15 @@ class Scenario:
             f"--window={self.window}",
             f"--idle-hold={self.idle_hold:g}",
             f"--storm-events={self.storm_events}",
+            f"--batch={self.batch}",
         ]
 
     def time_budget(self) -> float:
         """Seconds after which the driver kills a loadgen that did not stop by itself."""
         return 60 + self.idle_hold + self.warmup + self.duration + 20 + 30
 
+
+INGEST_MODES = ("throughput", "http", "batch")
 
 # Sized for a 2-core machine: the server and the load generator share it.
 SCENARIOS: dict[str, Scenario] = {
@@ -84,6 +93,8 @@ SCENARIOS: dict[str, Scenario] = {
             "fanout_1000x20", "1,000 clients × 20 events/s", "fanout", 1000, rate=20, window=4
         ),
         Scenario("throughput_1", "1 client, max throughput", "throughput", 1, window=64),
+        Scenario("ingest_http", "HTTP publish, 16 in flight", "http", 1, window=16),
+        Scenario("ingest_batch", "HTTP batch of 100, 4 in flight", "batch", 1, window=4, batch=100),
         Scenario("storm_1000", "1,000-client connect storm", "storm", 1000, idle_hold=3),
     )
 }
@@ -394,6 +405,8 @@ def run_one(target: Target, scenario: Scenario, workdir: Path, quiet_wait: float
         measured["server_cpu_s"] = round(cpu, 2)
         measured["server_cpu_pct"] = round(100 * cpu / wall, 1) if wall > 0 else None
         measured["cpu_us_per_delivery"] = round(cpu * 1e6 / deliveries, 1) if deliveries else None
+        acked = outcome["acked"]
+        measured["cpu_us_per_event"] = round(cpu * 1e6 / acked, 1) if acked else None
         # whatever else ran on the machine meanwhile (other than server and loadgen)
         others = (
             machine["drained"]
@@ -588,6 +601,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                     f"| {fmt(srv.get('rss_peak_mb'))} | {run['lost']} |"
                 )
         lines.append("")
+    lines += ingest_table(report)
     ratio_rows = []
     for scenario in report["scenarios"]:
         pair = runs.get(scenario["name"], {})
@@ -620,6 +634,42 @@ def render_markdown(report: dict[str, Any]) -> str:
         DOCS_END,
     ]
     return "\n".join(lines)
+
+
+def ingest_table(report: dict[str, Any]) -> list[str]:
+    """Taking events in: accepted events/s and server CPU per accepted event, vs plain."""
+    ingest = [s for s in report["scenarios"] if s["mode"] in INGEST_MODES]
+    runs = report["runs"]
+    if not ingest:
+        return []
+    # the batch's yardstick is plain's single-event HTTP rate (issue 16)
+    plain_http = runs.get("ingest_http", {}).get("plain", {})
+    lines = [
+        "Ingest (one publisher; *vs plain* is accepted events/s over plain python-socketio's "
+        "in the same run, for batch over plain's single-event HTTP):",
+        "",
+        "| scenario | target | accepted events/s | ack p50 ms | ack p99 ms | lost "
+        "| server CPU µs/event | vs plain |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for scenario in ingest:
+        pair = runs.get(scenario["name"], {})
+        base = plain_http if scenario["mode"] == "batch" else pair.get("plain", {})
+        for target, run in pair.items():
+            head = f"| {scenario['title']} | {target} "
+            if run["status"] != "ok":
+                lines.append(head + f"| {run['status']} " + "| " * 5 + "|")
+                continue
+            ack = run.get("ack_ms") or {}
+            rate = run.get("accepted_per_s")
+            base_rate = base.get("accepted_per_s") if base.get("status") == "ok" else None
+            lines.append(
+                head + f"| {fmt(rate)} | {fmt(ack.get('p50'))} | {fmt(ack.get('p99'))} "
+                f"| {run['lost']} | {fmt(run['server'].get('cpu_us_per_event'))} "
+                f"| {ratio(rate, base_rate)} |"
+            )
+    lines.append("")
+    return lines
 
 
 DOCS_HEADER = """# Benchmarks

@@ -1,10 +1,12 @@
 """N simulated kiosks: locker state changes, help requests, status reports; they answer commands.
 
+    python examples/kiosk_simulator.py --token "$KIOSK_TOKEN"
     python examples/kiosk_simulator.py --url http://127.0.0.1:8080 --secret "$LOCKERBUS_SECRET" \
         --kiosks 3 --duration 30
 
-Each kiosk signs its own token (role kiosk, sub = its id) with the server's secret,
-as a provisioning service would, and runs a lockerbus.client.KioskClient.
+With --token (e.g. the kiosk token dev mode prints) one kiosk runs, named by the
+token's sub.  With --secret each kiosk signs its own token (role kiosk, sub =
+its id), as a provisioning service would.  Each runs a lockerbus.client.KioskClient.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import contextlib
 import os
 import random
 from typing import Any
+
+import jwt
 
 from lockerbus.auth import issue_token
 from lockerbus.client import ClientOptions, KioskClient, PublishRejected
@@ -28,12 +32,12 @@ def say(*parts: Any) -> None:
 
 
 async def run_kiosk(
-    url: str, secret: str, kiosk_id: str, interval: float, stop: asyncio.Event
+    url: str, token: str, kiosk_id: str, interval: float, stop: asyncio.Event
 ) -> int:
     lockers = {f"L{n}": "closed" for n in range(1, LOCKERS + 1)}
     client = KioskClient(
         url,
-        issue_token(secret, "kiosk", kiosk_id),
+        token,
         kiosk_id,
         options=ClientOptions(reconnect_first_delay=0.5, reconnect_max_delay=5),
     )
@@ -104,18 +108,35 @@ async def main() -> None:
         default=os.environ.get("LOCKERBUS_SECRET"),
         help="the server's secret (default: $LOCKERBUS_SECRET)",
     )
-    parser.add_argument("--kiosks", type=int, default=3)
+    parser.add_argument(
+        "--token", help="one kiosk's token (dev mode prints one); its sub is the kiosk id"
+    )
+    parser.add_argument("--kiosks", type=int, help="kiosks to simulate with --secret (default 3)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between events")
     parser.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: never)")
     args = parser.parse_args()
-    if not args.secret:
-        parser.error("--secret or LOCKERBUS_SECRET is required to sign kiosk tokens")
+    if args.token:
+        if args.kiosks not in (None, 1):
+            parser.error("--token is one kiosk's: use --secret to simulate several")
+        # the server checks the signature; the simulator only needs the kiosk id
+        claims = jwt.decode(args.token, options={"verify_signature": False})
+        if claims.get("role") != "kiosk" or not claims.get("sub"):
+            parser.error("--token must be a kiosk token (role kiosk)")
+        tokens = {str(claims["sub"]): args.token}
+    elif args.secret:
+        count = 3 if args.kiosks is None else args.kiosks
+        tokens = {
+            f"kiosk-{n}": issue_token(args.secret, "kiosk", f"kiosk-{n}")
+            for n in range(1, count + 1)
+        }
+    else:
+        parser.error("--token, or --secret (or LOCKERBUS_SECRET) to sign kiosk tokens, is required")
     stop = asyncio.Event()
     if args.duration:
         asyncio.get_running_loop().call_later(args.duration, stop.set)
-    kiosks = [f"kiosk-{n}" for n in range(1, args.kiosks + 1)]
+    kiosks = list(tokens)
     counts = await asyncio.gather(
-        *(run_kiosk(args.url, args.secret, k, args.interval, stop) for k in kiosks)
+        *(run_kiosk(args.url, tokens[k], k, args.interval, stop) for k in kiosks)
     )
     say(f"simulator done: {len(kiosks)} kiosks, {sum(counts)} events")
 

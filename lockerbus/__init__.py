@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 from .errors import (
     BadRequestError,
     ConfigError,
@@ -19,6 +17,7 @@ from .errors import (
     UnauthorizedError,
     UnknownEventTypeError,
 )
+from .version import __version__
 
 if TYPE_CHECKING:
     from .events import Event

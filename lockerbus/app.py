@@ -1,28 +1,48 @@
-"""create_app(settings): wiring and lifecycle only."""
+"""create_app(settings): builds every collaborator, passes each in through its
+constructor, and opens and closes the resources in order.
+
+One aiohttp cleanup context per resource (store -> projection -> presence ->
+relay -> sockets): when one fails to start, aiohttp runs the cleanup of those
+already started, so nothing is left open.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any, Final
+import functools
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
+from .auth import TokenVerifier
 from .board import BoardRoutes
 from .bus import EventBus
+from .commands import CommandService
 from .config import Settings
+from .delivery import Background, Broadcaster, CatchUp, Hub
+from .events import NAMESPACES
 from .http import Handler, HttpApi, errors_middleware
-from .limits import PrincipalLimits
+from .kiosk_link import SocketKioskLink
+from .limits import RoleLimits
 from .log import app_logger
 from .metrics import Metrics
 from .projections import Projection
-from .server import ClusterRedisManager, SocketGateway
+from .server import LockerbusNamespace, LockerbusServer, SocketServices
 from .service import EventService
+from .sockets import Sockets
+from .stats import Stats
 from .store import EventStore, StoreOptions, open_store
+
+if TYPE_CHECKING:  # cluster mode only: presence needs redis, an optional extra
+    from .cluster import ChannelInbox, ClusterRedisManager, ClusterRelay
+    from .presence import Presence
 
 SETTINGS: Final = web.AppKey("settings", Settings)
 BUS: Final = web.AppKey("bus", EventBus)
 STORE: Final = web.AppKey("store", EventStore)
-GATEWAY: Final = web.AppKey("gateway", SocketGateway)
+#: the Socket.IO side (its AsyncServer, hub and relay); the runner closes it first
+GATEWAY: Final = web.AppKey("gateway", Sockets)
+STATS: Final = web.AppKey("stats", Stats)
 METRICS: Final = web.AppKey("metrics", Metrics)
 PROJECTION: Final = web.AppKey("projection", Projection)
 
@@ -55,7 +75,8 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
 
     ``store`` replaces the one named by ``settings.store`` (tests, embedding).
     """
-    if settings.secret is None:
+    secret = settings.secret
+    if secret is None:
         raise ValueError("create_app needs settings.secret (the CLI makes one in dev mode)")
     middlewares: list[Any] = [errors_middleware]
     if not settings.websocket_compression:
@@ -66,37 +87,59 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     metrics = Metrics()
     service = EventService(max_event_bytes=settings.max_event_bytes)
     store = store or open_store(settings.store, store_options(settings))
-    bus = EventBus(service, store, metrics)
     projection = Projection()
-    bus.on_stored.append(projection.apply)
-    client_manager = None
-    if settings.message_queue:
-        from .store.redis import events_channel
-
-        client_manager = ClusterRedisManager(
-            settings.message_queue, channel=events_channel(settings.store)
-        )
-    gateway = SocketGateway(settings, bus, store, metrics, client_manager=client_manager)
-    if client_manager is not None:
-        _join_cluster(settings, bus, store, gateway, client_manager)
-    gateway.sio.attach(app)
-
-    async def stats() -> dict[str, Any]:
-        return await gateway.stats()
-
+    tasks = Background()
+    cluster = _Cluster(settings.message_queue, settings.store) if settings.message_queue else None
+    sio = LockerbusServer(
+        settings, tasks, client_manager=cluster.manager if cluster is not None else None
+    )
+    hub = Hub(sio.sender, metrics, max_pending=settings.max_send_queue)
+    catchup = CatchUp(
+        hub,
+        store,
+        metrics,
+        disconnect=sio.disconnect_sid,
+        tasks=tasks,
+        replay_limit=settings.replay_buffer_size,
+    )
+    relay = cluster.relay(hub, store, catchup.resync) if cluster is not None else None
+    broadcaster: Broadcaster = relay if relay is not None else hub
+    bus = EventBus(
+        service,
+        store,
+        metrics,
+        broadcaster,
+        on_stored=[projection.apply],
+        help_kiosk=functools.partial(projection.help_kiosk, store),
+    )
+    presence = cluster.presence if cluster is not None else None
+    commands = CommandService(
+        bus,
+        SocketKioskLink(sio, hub, presence),
+        timeout_seconds=settings.command_timeout_seconds,
+    )
+    verifier = TokenVerifier(secret, settings.previous_secrets)
+    limits = RoleLimits(settings.role_rate_limits())  # per principal, sockets and HTTP
+    services = SocketServices(
+        settings, verifier, limits, hub, catchup, bus, commands, metrics, tasks, presence
+    )
+    sio.serve([LockerbusNamespace(ns, services) for ns in NAMESPACES], settings)
+    sio.attach(app)
+    sockets = Sockets(sio, hub, tasks, relay=relay)
+    stats = Stats(hub, store, metrics, relay=relay, presence=presence)
     HttpApi(
-        secret=settings.secret,
+        verifier=verifier,
         bus=bus,
         store=store,
         metrics=metrics,
-        commands=gateway.commands,
-        limits=PrincipalLimits(settings.rate_limit_per_second, settings.rate_limit_burst),
+        commands=commands,
+        limits=limits,
         max_event_bytes=settings.max_event_bytes,
         stats=stats,
-        problem=lambda: None if gateway.relay is None else gateway.relay.problem(),
+        problem=relay.problem if relay is not None else None,
     ).add_routes(app)
     BoardRoutes(
-        secret=settings.secret,
+        verifier=verifier,
         store=store,
         projection=projection,
         board_enabled=settings.board_enabled,
@@ -106,10 +149,19 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     app[SETTINGS] = settings
     app[BUS] = bus
     app[STORE] = store
-    app[GATEWAY] = gateway
+    app[GATEWAY] = sockets
     app[METRICS] = metrics
     app[PROJECTION] = projection
-    app.cleanup_ctx.append(_lifecycle)
+    app[STATS] = stats
+    app.cleanup_ctx.extend(
+        [
+            _store_context(store),
+            _projection_context(projection, store),
+            _presence_context(presence, hub),
+            _relay_context(relay, sio),
+            _sockets_context(sockets, store, settings),
+        ]
+    )
     return app
 
 
@@ -126,32 +178,94 @@ def _allow_cross_origin(app: web.Application, origins: tuple[str, ...]) -> None:
             cors.add(route)
 
 
-def _join_cluster(
-    settings: Settings,
-    bus: EventBus,
-    store: EventStore,
-    gateway: SocketGateway,
-    manager: ClusterRedisManager,
-) -> None:
-    """Deliver from the shared channel (see cluster.py), not straight from each publish."""
-    from .cluster import ClusterRelay
-    from .presence import Presence
+class _Cluster:
+    """What several instances add: the shared channel's manager, the relay, presence.
 
-    relay = ClusterRelay(gateway.hub, store, resync=gateway.resync)
-    relay.listener = manager
-    manager.relay = relay
-    bus.broadcaster = relay
-    gateway.relay = relay
-    gateway.presence = Presence(settings.store)
+    Delivery comes from the shared channel (see cluster.py), not straight from
+    each publish.  Imported here only: presence and the manager need redis.
+    """
+
+    def __init__(self, message_queue: str, store_url: str) -> None:
+        from .cluster import ChannelInbox, ClusterRedisManager
+        from .presence import Presence
+        from .redisconn import events_channel
+
+        self.inbox: ChannelInbox = ChannelInbox()
+        self.manager: ClusterRedisManager = ClusterRedisManager(
+            message_queue, channel=events_channel(store_url), inbox=self.inbox
+        )
+        self.presence: Presence = Presence(store_url)
+
+    def relay(self, hub: Hub, store: EventStore, resync: Callable[[str], None]) -> ClusterRelay:
+        from .cluster import ClusterRelay
+
+        return ClusterRelay(hub, store, resync=resync, inbox=self.inbox, listener=self.manager)
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    store, gateway = app[STORE], app[GATEWAY]
-    await store.start()
-    await app[PROJECTION].rebuild(store)
-    await gateway.start()
-    app_logger.info("lockerbus ready store=%s epoch=%s", app[SETTINGS].store, store.epoch)
-    yield
-    await gateway.close()
-    await store.close()
-    app_logger.info("lockerbus stopped")
+Context = Callable[[web.Application], AsyncIterator[None]]
+
+
+def _store_context(store: EventStore) -> Context:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        await store.start()
+        try:
+            yield
+        finally:
+            await store.close()
+            app_logger.info("lockerbus stopped")
+
+    return context
+
+
+def _projection_context(projection: Projection, store: EventStore) -> Context:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        await projection.rebuild(store)
+        yield
+
+    return context
+
+
+def _presence_context(presence: Presence | None, hub: Hub) -> Context:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        if presence is None:
+            yield
+            return
+        tasks = Background()
+        tasks.spawn(presence.run(hub.counts))
+        try:
+            yield
+        finally:
+            await tasks.close()
+            await presence.close()
+
+    return context
+
+
+def _relay_context(relay: ClusterRelay | None, sio: LockerbusServer) -> Context:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        if relay is None:
+            yield
+            return
+        await relay.start()
+        sio.start_manager()
+        tasks = Background()
+        tasks.spawn(relay.consume())
+        tasks.spawn(relay.run())
+        try:
+            yield
+        finally:
+            await tasks.close()
+
+    return context
+
+
+def _sockets_context(sockets: Sockets, store: EventStore, settings: Settings) -> Context:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        await sockets.start()
+        app_logger.info("lockerbus ready store=%s epoch=%s", settings.store, store.epoch)
+        try:
+            yield
+        finally:
+            await sockets.close()
+
+    return context

@@ -12,9 +12,10 @@ from typing import Final
 
 from aiohttp import web
 
-from .auth import bearer_token, verify_token
-from .http import json_response
+from .auth import Principal, TokenVerifier, bearer_token
 from .projections import Projection
+from .reads import scoped_help, scoped_lockers
+from .responses import json_response
 from .store import EventStore
 
 #: file name -> content type; nothing else in static/ is served
@@ -40,9 +41,14 @@ class BoardRoutes:
     """``GET /api/lockers``, ``GET /api/help`` and, when enabled, ``GET /board``."""
 
     def __init__(
-        self, *, secret: str, store: EventStore, projection: Projection, board_enabled: bool
+        self,
+        *,
+        verifier: TokenVerifier,
+        store: EventStore,
+        projection: Projection,
+        board_enabled: bool,
     ) -> None:
-        self.secret = secret
+        self.verifier = verifier
         self.store = store
         self.projection = projection
         self.board_enabled = board_enabled
@@ -56,18 +62,20 @@ class BoardRoutes:
             app.router.add_get("/board", self.page)
             app.router.add_get("/board/{name}", self.asset)
 
-    def _authorize(self, request: web.Request) -> None:
-        verify_token(self.secret, bearer_token(request.headers.get("Authorization")))
+    def _authorize(self, request: web.Request) -> Principal:
+        return self.verifier.verify(bearer_token(request.headers.get("Authorization")))
 
     async def get_lockers(self, request: web.Request) -> web.Response:
         """The latest state of every locker seen, with the seq it reflects."""
-        self._authorize(request)
-        return json_response(await self.projection.lockers_snapshot(self.store))
+        principal = self._authorize(request)
+        snapshot = await self.projection.lockers_snapshot(self.store)
+        return json_response(scoped_lockers(snapshot, principal))
 
     async def get_help(self, request: web.Request) -> web.Response:
         """Help requests not yet resolved, with the seq they reflect."""
-        self._authorize(request)
-        return json_response(await self.projection.help_snapshot(self.store))
+        principal = self._authorize(request)
+        snapshot = await self.projection.help_snapshot(self.store)
+        return json_response(scoped_help(snapshot, principal))
 
     async def page(self, request: web.Request) -> web.Response:
         """The board; it asks for its token in the browser, so no auth here."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Final, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final
 
-from .auth import Principal, authorize_publish, check_publish_room
+from .auth import Principal, authorize_publish, authorize_scope, check_publish_room
+from .delivery.hub import Broadcaster
 from .errors import (
     BadRequestError,
     LockerbusError,
@@ -26,14 +27,9 @@ from .log import server_logger
 from .metrics import Metrics
 from .service import EventService, check_version
 from .store import EventStore
+from .tags import source, tag_event
 
 PUBLISH_KEYS: Final = frozenset({"type", "data", "room", "version"})
-
-
-class Broadcaster(Protocol):
-    """Hands a stored event to its recipients (the Socket.IO layer implements it)."""
-
-    def broadcast(self, event: Event, accepted_at: float) -> None: ...
 
 
 class EventBus:
@@ -46,6 +42,8 @@ class EventBus:
         metrics: Metrics,
         broadcaster: Broadcaster | None = None,
         *,
+        on_stored: Sequence[Callable[[Event], None]] = (),
+        help_kiosk: Callable[[int], Awaitable[str | None]] | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.service = service
@@ -54,7 +52,9 @@ class EventBus:
         self.broadcaster = broadcaster
         #: called with each stored event, in seq order, before it is broadcast
         #: (projections); a listener must be quick and must not raise
-        self.on_stored: list[Callable[[Event], None]] = []
+        self.on_stored: tuple[Callable[[Event], None], ...] = tuple(on_stored)
+        #: the kiosk of a help request by id (None: unknown), for help_status_updated's tag
+        self.help_kiosk = help_kiosk
         self._clock = clock
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -122,6 +122,9 @@ class EventBus:
                 authorize_publish(principal, event_type, data, checked_room)
             valid = self.service.validate(event_type, data, lenient=lenient)
             event = self.service.create_event(event_type, valid, room=checked_room, validated=True)
+            await self._tag(event, principal)
+            if principal is not None:
+                authorize_scope(principal, event)
             stored = await self._append(event, ttl_seconds)
         except LockerbusError as exc:
             self.metrics.reject(exc.code)
@@ -163,10 +166,20 @@ class EventBus:
             if not self._inflight:
                 self._idle.set()
 
+    async def _tag(self, event: Event, principal: Principal | None) -> None:
+        """Derive tags and source once, before the event is stored (contract §10)."""
+        help_kiosk = None
+        if event["type"] == "help_status_updated" and self.help_kiosk is not None:
+            help_kiosk = await self.help_kiosk(event["data"]["id"])
+        publisher = source(principal.sub, principal.role) if principal else source(None, None)
+        tag_event(event, publisher, help_kiosk=help_kiosk)
+
     async def emit(self, event: Event) -> Event:
         """Store and broadcast an event the server built (``EventService.create_*``)."""
         accepted_at = self._clock()
         try:
+            if "tags" not in event:
+                await self._tag(event, None)
             stored = await self._append(event, None)
         except LockerbusError as exc:
             self.metrics.reject(exc.code)

@@ -21,6 +21,11 @@ meanwhile.  So this relay keeps, per namespace, the last seq it delivered:
 * when a gap cannot be filled (the events expired, the store is down) or the
   epoch changed (Redis lost its data), the namespace's local connections are
   closed, so their clients reconnect and replay with an honest ``recovered``.
+
+:class:`ClusterRedisManager` (python-socketio's Redis manager) drops what it
+hears of the store's events into a :class:`ChannelInbox`; the relay reads the
+inbox.  Neither needs the other to be built, so app.py passes each its
+collaborators through the constructor.
 """
 
 from __future__ import annotations
@@ -34,24 +39,42 @@ from typing import Any, Final, Protocol
 
 import orjson
 
+from .delivery import Broadcaster
 from .errors import StoreUnavailableError
 from .events import NAMESPACES, Event
 from .log import server_logger
+from .redisconn import client_options
+from .sio_adapter import HookedRedisManager
 from .store import EventStore
 
 CHECK_INTERVAL_SECONDS: Final = 1.0
 _MAX_ACCEPTED: Final = 10_000
 EVENT_PREFIX: Final = b'{"seq":'
+INBOX_SIZE: Final = 10_000
 
 
-class LocalBroadcaster(Protocol):
-    """This instance's synchronous fan-out (server.Hub)."""
+class ChannelInbox:
+    """The store's events as the listener heard them, in order, and the last ping heard."""
 
-    def broadcast(self, event: Event, accepted_at: float) -> None: ...
+    def __init__(self, maxsize: int = INBOX_SIZE) -> None:
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize)
+        #: the highest ping token this instance's listener heard
+        self.heard = 0
+
+    async def put(self, raw: bytes) -> None:
+        """Hand one event message on; waits while the relay is a full inbox behind."""
+        await self._queue.put(raw)
+
+    async def get(self) -> bytes:
+        return await self._queue.get()
+
+    def pong(self, token: int) -> None:
+        """The listener heard this instance's ping ``token``."""
+        self.heard = max(self.heard, token)
 
 
 class Listener(Protocol):
-    """The pub/sub listener feeding :meth:`ClusterRelay.receive` (the Socket.IO manager)."""
+    """The pub/sub listener filling the inbox (the Socket.IO manager)."""
 
     def alive(self) -> bool: ...
 
@@ -73,25 +96,27 @@ class ClusterRelay:
 
     def __init__(
         self,
-        local: LocalBroadcaster,
+        local: Broadcaster,
         store: EventStore,
         *,
         resync: Callable[[str], None],
+        inbox: ChannelInbox,
+        listener: Listener | None = None,
         interval_seconds: float = CHECK_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._local = local
         self._store = store
         self._resync = resync
+        self._inbox = inbox
+        self.listener = listener
         self._interval = interval_seconds
         self._clock = clock
         self._lock = asyncio.Lock()
         self._cursors: dict[str, _Cursor] = {}
         self._seen_last: dict[str, tuple[str, int]] = {}
         self._accepted: OrderedDict[str, float] = OrderedDict()
-        self.listener: Listener | None = None
         self._ping_sent = 0
-        self._pong = 0
         self.filled = 0
         self.restarts = 0
         self.resyncs = 0
@@ -107,6 +132,15 @@ class ClusterRelay:
 
     # -- the channel side ------------------------------------------------------
 
+    async def consume(self) -> None:
+        """Background task: deliver what the listener put in the inbox, in order."""
+        while True:
+            raw = await self._inbox.get()
+            try:
+                await self.receive(raw)
+            except Exception:  # one bad message must not stop delivery for good
+                server_logger.exception("cluster: delivering a channel message failed")
+
     async def receive(self, raw: bytes) -> None:
         """One event from the channel (bytes as the store published them)."""
         try:
@@ -118,10 +152,6 @@ class ClusterRelay:
             return
         async with self._lock:
             await self._deliver(event)
-
-    def pong(self, token: int) -> None:
-        """The listener heard this instance's ping ``token``."""
-        self._pong = max(self._pong, token)
 
     async def _deliver(self, event: Event) -> None:
         ns, seq, epoch = event["namespace"], event["seq"], event["epoch"]
@@ -219,11 +249,11 @@ class ClusterRelay:
         if listener.alive() and listener.problem() is not None:
             # It knows it is cut off and is subscribing again on its own: no ping
             # (none could be heard), no restart (it would only start that over).
-            self._pong = self._ping_sent
+            self._inbox.pong(self._ping_sent)
             return
         if not listener.alive():
             server_logger.error("cluster: the pub/sub listener stopped")
-        elif self._pong < self._ping_sent:
+        elif self._inbox.heard < self._ping_sent:
             server_logger.error("cluster: the pub/sub listener did not hear its ping")
         elif not behind:
             self._ping_sent += 1
@@ -233,7 +263,7 @@ class ClusterRelay:
         self.restarts += 1
         listener.restart()
         # No ping this round: the new listener may not have subscribed yet.
-        self._pong = self._ping_sent
+        self._inbox.pong(self._ping_sent)
 
     def problem(self) -> str | None:
         """Why live delivery is not working now (for /readyz), or None."""
@@ -246,3 +276,34 @@ class ClusterRelay:
             "listener_restarts": self.restarts,
             "resyncs": self.resyncs,
         }
+
+
+class ClusterRedisManager(HookedRedisManager):
+    """python-socketio's Redis manager, whose channel also carries the store's events.
+
+    The Redis store publishes each appended event on this channel; they are
+    taken out of the stream here and put in the inbox in the order received,
+    and everything else (cross-host acks, disconnects) goes on to
+    python-socketio.
+    """
+
+    PING: Final = "lockerbus_ping"
+
+    def __init__(self, url: str, *, channel: str, inbox: ChannelInbox) -> None:
+        super().__init__(url, channel=channel, redis_options=client_options())
+        self._inbox = inbox
+
+    async def intercept(self, message: Any) -> bool:
+        if isinstance(message, bytes) and message.startswith(EVENT_PREFIX):
+            await self._inbox.put(message)
+            return True
+        if isinstance(message, bytes) and self.PING.encode() in message[:40]:
+            data = self.json.loads(message)
+            if data.get("host_id") == self.host_id:
+                self._inbox.pong(int(data.get("token", 0)))
+            return True
+        return False
+
+    async def ping(self, token: int) -> None:
+        """Publish a ping this instance's own listener should hear."""
+        await self.publish({"method": self.PING, "host_id": self.host_id, "token": token})

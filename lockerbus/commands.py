@@ -20,6 +20,7 @@ from .auth import Principal, authorize_command
 from .bus import EventBus
 from .errors import BadRequestError, EventValidationError, flatten_messages
 from .events import COMMAND_REQUEST_SCHEMA, KIOSK_ANSWER_SCHEMA, Event
+from .limits import TokenBucket
 from .log import command_logger
 from .service import utc_now_iso
 
@@ -62,16 +63,22 @@ class CommandService:
         self._recent: TTLCache[tuple[str, str], asyncio.Future[Event]] = TTLCache(
             maxsize=IDEMPOTENCY_MAX_KEYS, ttl=IDEMPOTENCY_SECONDS
         )
-        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
 
-    async def execute(self, principal: Principal, payload: Any) -> Event:
+    async def execute(
+        self, principal: Principal, payload: Any, bucket: TokenBucket | None = None
+    ) -> Event:
         """Run one command for ``principal``; returns the stored command_applied event.
+
+        A command counts as one publish against ``bucket`` (checked first, §2).
 
         The same ``idempotency_key`` from the same principal within five
         minutes returns the first command's event without running it again.
         """
+        if bucket is not None:
+            bucket.check()
         authorize_command(principal)
         request = _load_request(payload)
+        authorize_command(principal, request)  # inside its scope (contract §10)
         key = request.pop("idempotency_key", None)
         if key is None:
             return await self._run(principal, request)
@@ -107,7 +114,6 @@ class CommandService:
         result["timestamp"] = utc_now_iso()
         result["execution_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
         event = await self.bus.emit(self.bus.service.create_command_applied_event(command, result))
-        self.outcomes[outcome] += 1
         self.metrics.commands.labels(outcome).inc()
         command_logger.info(
             "command id=%s type=%s kiosk=%s by=%s outcome=%s ms=%.1f",

@@ -8,19 +8,53 @@ setting it is about, so start-up can stop with one clear line.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from .auth import MIN_SECRET_BYTES
 from .errors import ConfigError
-from .store import validate_store_url
 
 ENV_PREFIX: Final = "LOCKERBUS_"
 CONFIG_ENV: Final = "LOCKERBUS_CONFIG"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The HS256 key's minimum (RFC 7518 §3.2); auth imports it from here.
+MIN_SECRET_BYTES: Final = 32
+# Store URLs (contract §1); the store package imports these from here.
+MEMORY_URL: Final = "memory"
+SQLITE_PREFIX: Final = "sqlite:///"
+REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+
+
+def validate_store_url(url: str) -> str:
+    """Check a store URL's form; raises :class:`ConfigError` naming ``store``.
+
+    Only the form: opening it is the store's job, and config stays below the store.
+    """
+    if url == MEMORY_URL:
+        return url
+    if url.startswith(SQLITE_PREFIX) and len(url) > len(SQLITE_PREFIX):
+        return url
+    if url.startswith(REDIS_SCHEMES):
+        return url
+    raise ConfigError("store", f"{url!r} is not memory, sqlite:///path.db or redis://host:port/db")
+
+
+LOG_FORMATS: Final = ("text", "json")
+# Kubernetes injects these for a Service named lockerbus(-anything); they are not settings
+_SERVICE_LINK: Final = re.compile(
+    r"LOCKERBUS(_[A-Z0-9_]+)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+    r"|PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)"
+)
+_SERVICE_URL: Final = re.compile(r"(tcp|udp|sctp)://")
+
+config_logger = logging.getLogger("lockerbus.config")
+# the roles of contract §2 (auth.ROLES is this tuple; config stays below auth)
+ROLE_NAMES: Final = ("kiosk", "panel", "gateway", "admin")
+LIMITED_BY_DEFAULT: Final = frozenset({"kiosk", "panel"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +64,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     secret: str | None = None
+    previous_secrets: tuple[str, ...] = ()
     store: str = "memory"
     message_queue: str | None = None
     max_events: int = 10_000
@@ -44,6 +79,16 @@ class Settings:
     websocket_compression: bool = False
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 100
+    #: per-role overrides; None: kiosk and panel take the two above, gateway and admin
+    #: are not limited (contract §2)
+    rate_limit_kiosk_per_second: float | None = None
+    rate_limit_kiosk_burst: int | None = None
+    rate_limit_panel_per_second: float | None = None
+    rate_limit_panel_burst: int | None = None
+    rate_limit_gateway_per_second: float | None = None
+    rate_limit_gateway_burst: int | None = None
+    rate_limit_admin_per_second: float | None = None
+    rate_limit_admin_burst: int | None = None
     max_connections_per_principal: int = 100
     max_send_queue: int = 5000
     max_send_buffer_bytes: int = 4 << 20
@@ -52,6 +97,10 @@ class Settings:
     admin_username: str | None = None
     admin_password: str | None = None
     shutdown_grace_seconds: float = 5.0
+    store_wait_seconds: float = 0.0
+    log_format: str = "text"
+    access_log: bool = False
+    metrics_port: int | None = None
 
     @property
     def dev_mode(self) -> bool:
@@ -61,6 +110,22 @@ class Settings:
     @property
     def ttl_seconds(self) -> float:
         return self.ttl_hours * 3600
+
+    def role_rate_limits(self) -> dict[str, tuple[float, int] | None]:
+        """Publish rate and burst per role; None where a role is not limited."""
+        limits: dict[str, tuple[float, int] | None] = {}
+        for role in ROLE_NAMES:
+            rate = getattr(self, f"rate_limit_{role}_per_second")
+            burst = getattr(self, f"rate_limit_{role}_burst")
+            if rate is None and burst is None and role in LIMITED_BY_DEFAULT:
+                rate, burst = self.rate_limit_per_second, self.rate_limit_burst
+            if rate is None and burst is None:
+                limits[role] = None
+                continue
+            rate = self.rate_limit_per_second if rate is None else rate
+            burst = self.rate_limit_burst if burst is None else burst
+            limits[role] = (rate, burst)
+        return limits
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and checked."""
@@ -118,6 +183,40 @@ def _parse_optional_str(key: str, value: Any) -> str | None:
     return text or None
 
 
+def _parse_optional_port(key: str, value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _parse_int(key, value)
+
+
+def _parse_optional_float(key: str, value: Any) -> float | None:
+    if isinstance(value, str) and not value.strip():
+        return None
+    return _parse_float(key, value)
+
+
+def _parse_optional_int(key: str, value: Any) -> int | None:
+    if isinstance(value, str) and not value.strip():
+        return None
+    return _parse_int(key, value)
+
+
+def _parse_secrets(key: str, value: Any) -> tuple[str, ...]:
+    items: list[Any]
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(key, "expected a comma-separated list of secrets")
+    for item in items:
+        if not isinstance(item, str) or len(item.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                key, f"each secret must be a string of at least {MIN_SECRET_BYTES} bytes"
+            )
+    return tuple(items)
+
+
 def _parse_origins(key: str, value: Any) -> tuple[str, ...] | None:
     items: list[Any]
     if isinstance(value, str):
@@ -141,6 +240,7 @@ _PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "port": _parse_int,
     # set but empty is a mistake (an unset variable in a template), not dev mode
     "secret": _parse_str,
+    "previous_secrets": _parse_secrets,
     "store": _parse_str,
     "message_queue": _parse_optional_str,
     "max_events": _parse_int,
@@ -155,6 +255,8 @@ _PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "websocket_compression": _parse_bool,
     "rate_limit_per_second": _parse_float,
     "rate_limit_burst": _parse_int,
+    **{f"rate_limit_{role}_per_second": _parse_optional_float for role in ROLE_NAMES},
+    **{f"rate_limit_{role}_burst": _parse_optional_int for role in ROLE_NAMES},
     "max_connections_per_principal": _parse_int,
     "max_send_queue": _parse_int,
     "max_send_buffer_bytes": _parse_int,
@@ -163,6 +265,10 @@ _PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "admin_username": _parse_optional_str,
     "admin_password": _parse_optional_str,
     "shutdown_grace_seconds": _parse_float,
+    "store_wait_seconds": _parse_float,
+    "log_format": lambda key, value: _parse_str(key, value).lower(),
+    "access_log": _parse_bool,
+    "metrics_port": _parse_optional_port,
 }
 
 SETTING_NAMES: Final = tuple(_PARSERS)
@@ -187,13 +293,9 @@ def _check(settings: Settings) -> None:
     if settings.secret is not None and len(settings.secret.encode()) < MIN_SECRET_BYTES:
         raise ConfigError("secret", f"must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 §3.2)")
     validate_store_url(settings.store)
-    if settings.message_queue is not None and not settings.message_queue.startswith(
-        ("redis://", "rediss://", "unix://")
-    ):
+    if settings.message_queue is not None and not settings.message_queue.startswith(REDIS_SCHEMES):
         raise ConfigError("message_queue", f"{settings.message_queue!r} is not a redis:// URL")
-    if settings.message_queue is not None and not settings.store.startswith(
-        ("redis://", "rediss://", "unix://")
-    ):
+    if settings.message_queue is not None and not settings.store.startswith(REDIS_SCHEMES):
         raise ConfigError(
             "message_queue", "instances share one store: set store to the same redis:// server"
         )
@@ -218,8 +320,21 @@ def _check(settings: Settings) -> None:
             f"must be below max_send_queue ({settings.max_send_queue}), "
             f"got {settings.replay_buffer_size}",
         )
+    for role in ROLE_NAMES:
+        for key in (f"rate_limit_{role}_per_second", f"rate_limit_{role}_burst"):
+            if getattr(settings, key) is not None:
+                _positive(settings, key)
+    if settings.previous_secrets and settings.secret is None:
+        raise ConfigError("previous_secrets", "needs secret: tokens are signed with it")
     _positive(settings, "replay_window_minutes", allow_zero=True)
     _positive(settings, "shutdown_grace_seconds", allow_zero=True)
+    _positive(settings, "store_wait_seconds", allow_zero=True)
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+    if settings.metrics_port is not None and not 0 < settings.metrics_port < 65536:
+        raise ConfigError("metrics_port", f"must be 1-65535, got {settings.metrics_port}")
+    if settings.metrics_port is not None and settings.metrics_port == settings.port:
+        raise ConfigError("metrics_port", "must differ from port")
     if settings.log_level not in LOG_LEVELS:
         raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
     if settings.admin_ui and not (settings.admin_username and settings.admin_password):
@@ -240,28 +355,50 @@ def _read_toml(path: str) -> dict[str, Any]:
     return section
 
 
-def load_settings(
+@dataclass(frozen=True, slots=True)
+class LoadedSettings:
+    """Settings with where each came from, and the variables that were not ours."""
+
+    settings: Settings
+    # setting -> "flag", "env" or "file"; a setting not listed has its default
+    sources: Mapping[str, str]
+    # LOCKERBUS_* variables that are neither settings nor Kubernetes service links
+    unknown_env: tuple[str, ...] = ()
+
+    def warn_unknown(self) -> None:
+        """Log one warning listing the unknown variables (a typo is otherwise silent)."""
+        if self.unknown_env:
+            config_logger.warning(
+                "ignoring unknown environment variables: %s", ", ".join(self.unknown_env)
+            )
+
+
+def read_settings(
     *,
     flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     config_file: str | None = None,
-) -> Settings:
+) -> LoadedSettings:
     """Read settings once, in the contract's order of precedence.
 
     ``env`` is the process environment (only ``LOCKERBUS_*`` is looked at);
     ``config_file`` falls back to ``LOCKERBUS_CONFIG``.  Flags whose value is
-    None are treated as not given.
+    None are treated as not given.  An unknown key in the file is an error; an
+    unknown ``LOCKERBUS_*`` variable is only reported in ``unknown_env``, since
+    platforms (Kubernetes service links) set variables of their own there.
     """
     env = env or {}
     values: dict[str, Any] = {}
     config_file = config_file or env.get(CONFIG_ENV) or None
+    env_layer, unknown = _env_layer(env)
     layers: list[tuple[str, Mapping[str, Any], Callable[[str], str]]] = []
     if config_file:
         layers.append(("file", _read_toml(config_file), lambda key: key))
-    layers.append(("env", _env_layer(env), env_name))
+    layers.append(("env", env_layer, env_name))
     layers.append(("flag", {k: v for k, v in (flags or {}).items() if v is not None}, _flag))
     origins: dict[str, str] = {}
-    for _origin, layer, label in layers:
+    sources: dict[str, str] = {}
+    for origin, layer, label in layers:
         for key, raw in layer.items():
             if key not in _PARSERS:
                 raise ConfigError(label(key), "unknown setting")
@@ -270,24 +407,44 @@ def load_settings(
             except ConfigError as exc:
                 raise ConfigError(label(key), exc.message.split(": ", 1)[-1]) from None
             origins[key] = label(key)
+            sources[key] = origin
     settings = Settings(**values)
     try:
         _check(settings)
     except ConfigError as exc:
         # name the setting as the user wrote it (LOCKERBUS_SECRET, --port, ...)
         raise ConfigError(origins.get(exc.key, exc.key), exc.message.split(": ", 1)[-1]) from None
-    return settings
+    return LoadedSettings(settings, sources, tuple(unknown))
+
+
+def load_settings(
+    *,
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """:func:`read_settings`, warning once about unknown variables; just the settings."""
+    loaded = read_settings(flags=flags, env=env, config_file=config_file)
+    loaded.warn_unknown()
+    return loaded.settings
 
 
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def _env_layer(env: Mapping[str, str]) -> dict[str, str]:
+def _env_layer(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The settings among ``LOCKERBUS_*`` variables, and the unknown names."""
     layer: dict[str, str] = {}
-    for name, value in env.items():
+    unknown: list[str] = []
+    for name, value in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
+        if _SERVICE_LINK.fullmatch(name) or (name.endswith("_PORT") and _SERVICE_URL.match(value)):
+            continue  # LOCKERBUS_PORT=tcp://10.0.0.1:8080 is a service link, never the port
         key = name[len(ENV_PREFIX) :].lower()
-        layer[key] = value
-    return layer
+        if key in _PARSERS:
+            layer[key] = value
+        else:
+            unknown.append(name)
+    return layer, unknown

@@ -294,6 +294,9 @@ class EnvelopeSchema(Schema):
     room = fields.String(required=True, validate=validate.Length(min=1, max=256))
     timestamp = Timestamp(required=True)
     data = fields.Dict(required=True)
+    #: contract §10: tag name -> value, and {sub, role} of the publisher
+    tags = _free_object()
+    source = _free_object()
     replayed = Boolean()
 
 

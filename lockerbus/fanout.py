@@ -11,8 +11,9 @@ per-recipient order is the order of the calls, and a broadcast is
 synchronous, so nothing can interleave with it.
 
 This reaches into python-engineio's socket (``sockets``, ``queue``,
-``closed``).  It is isolated here, checked against the versions it was tested
-with, and falls back to the public ``send_packet`` coroutine otherwise.
+``closed``); the private names it needs are behind :mod:`lockerbus.sio_adapter`,
+and with an untested python-engineio it falls back to the public
+``send_packet`` coroutine.
 """
 
 from __future__ import annotations
@@ -20,18 +21,12 @@ from __future__ import annotations
 import asyncio
 import struct
 import weakref
-from importlib.metadata import version
-from typing import Any, Final
+from typing import Any
 
 import orjson
 from engineio import packet as eio_packet
 
-from .log import server_logger
-
-TESTED_ENGINEIO: Final = ("4.",)
-_EIO_PACKET_TYPES: Final = frozenset("0123456b")  # open..noop; "b": base64 binary
-
-_FAST = version("python-engineio").startswith(TESTED_ENGINEIO)
+from .sio_adapter import fast_path_available, track_websockets, writer_idle
 
 
 class Outgoing:
@@ -66,52 +61,6 @@ def encode_event(namespace: str, name: str, payload: Any) -> Outgoing:
     return Outgoing(eio_packet.Packet(eio_packet.MESSAGE, data=text))
 
 
-def _track_websockets(eio: Any, transports: weakref.WeakKeyDictionary[Any, Any]) -> None:
-    """Remember the TCP transport under each websocket Engine.IO socket.
-
-    Engine.IO's websocket writer takes a whole batch off the socket's queue
-    and then awaits each send: when the client stops reading, that await
-    never returns, and neither closing the socket nor its Socket.IO
-    namespaces ends it (the writer, its batch and the connection stay until
-    the process exits).  Aborting the transport is what frees them.
-    """
-    base = eio._async.get("websocket") if isinstance(eio._async, dict) else None
-    if base is None:
-        return
-
-    class TrackedWebSocket(base):  # type: ignore[misc, valid-type]
-        async def __call__(self, environ: dict[str, Any]) -> Any:
-            owner = getattr(self.handler, "__self__", None)
-            request = environ.get("aiohttp.request")
-            if owner is not None and request is not None and request.transport is not None:
-                transports[owner] = request.transport
-            try:
-                return await super().__call__(environ)
-            except Exception as exc:
-                # Engine.IO's read loop lets a frame it cannot decode (empty, an
-                # unknown packet type, JSON nested too deep) escape, skipping its
-                # own cleanup: the writer task and the Socket.IO session would
-                # linger until the ping timeout.  Finish that cleanup here.
-                server_logger.warning("closing websocket: malformed frame: %.200s", exc)
-                if owner is None:
-                    raise
-                await owner.queue.put(None)  # ends the writer, which closes the websocket
-                await owner.close(wait=False, abort=True, reason=eio.reason.TRANSPORT_ERROR)
-                return self._sock
-
-        async def wait(self) -> Any:
-            data = await super().wait()
-            if isinstance(data, str) and (not data or data[0] not in _EIO_PACKET_TYPES):
-                # Engine.IO would log a traceback per such frame and keep reading;
-                # an OSError here takes its own clean "connection lost" path.
-                server_logger.warning("closing websocket: not an Engine.IO frame: %.40r", data)
-                raise OSError("not an Engine.IO frame")
-            return data
-
-    # a copy: the driver's table is shared by every server in the process
-    eio._async = {**eio._async, "websocket": TrackedWebSocket}
-
-
 class Sender:
     """Puts ready packets on Engine.IO sockets, in call order."""
 
@@ -123,10 +72,15 @@ class Sender:
         self.direct = 0
         self.queued = 0
         self._pending: set[asyncio.Task[None]] = set()
-        self.fast = _FAST and hasattr(eio, "sockets")
+        self.fast = fast_path_available(eio)
         self._transports: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-        if self.fast and hasattr(eio, "_async"):
-            _track_websockets(eio, self._transports)
+        if self.fast:
+            track_websockets(eio, self._transports)
+
+    @staticmethod
+    def encode(namespace: str, name: str, payload: Any) -> Outgoing:
+        """Encode once for any number of :meth:`send` calls."""
+        return encode_event(namespace, name, payload)
 
     def abort(self, eio_sid: str) -> bool:
         """Cut a websocket client's TCP connection now, with whatever is queued for it.
@@ -158,7 +112,7 @@ class Sender:
                 return False
             # The writer waits in queue.get() only once it has written all it took,
             # so with nothing queued a frame written now is in order.
-            if not queue._queue and queue._getters and socket.upgraded and not socket.upgrading:
+            if socket.upgraded and not socket.upgrading and writer_idle(queue):
                 transport.write(out.frame)
                 self.direct += 1
                 return True

@@ -27,6 +27,11 @@ What the fast path may decide on its own is deliberately narrow:
 
 A property test (tests/test_fastcheck.py) checks that it never accepts what
 marshmallow rejects and that it returns exactly what marshmallow returns.
+
+Two marshmallow private names are read, each behind one function here
+(:func:`field_deserializer`, :func:`schema_hooks`) and listed in
+:data:`MARSHMALLOW_INTERNALS`, which tests/test_sio_adapter.py checks against
+the installed marshmallow (setup.cfg caps it below 5).
 """
 
 from __future__ import annotations
@@ -92,15 +97,13 @@ Predicate = Callable[[Any], bool]
 def _predicate(validator: Callable[[Any], Any], *, str_values: bool) -> Predicate:
     """``validator`` as a yes/no test; marshmallow's common validators are inlined."""
     cls = type(validator)
-    if cls is OneOf:
-        assert isinstance(validator, OneOf)
+    if cls is OneOf and isinstance(validator, OneOf):
         choices = validator.choices
         if str_values and all(type(choice) is str for choice in choices):
             # for str values and str choices, set membership is exactly tuple membership
             return frozenset(choices).__contains__
         return lambda value: _passes(validator, value)
-    if cls is Length:
-        assert isinstance(validator, Length)
+    if cls is Length and isinstance(validator, Length):
         low, high, equal = validator.min, validator.max, validator.equal
         if equal is not None:
             return lambda value: len(value) == equal
@@ -108,8 +111,7 @@ def _predicate(validator: Callable[[Any], Any], *, str_values: bool) -> Predicat
         shortest = 0 if low is None else low
         longest = sys.maxsize if high is None else high
         return lambda value: shortest <= len(value) <= longest
-    if cls is Range:
-        assert isinstance(validator, Range)
+    if cls is Range and isinstance(validator, Range):
         low, high = validator.min, validator.max
         low_in, high_in = validator.min_inclusive, validator.max_inclusive
 
@@ -119,8 +121,7 @@ def _predicate(validator: Callable[[Any], Any], *, str_values: bool) -> Predicat
             return not (high is not None and (value > high if high_in else value >= high))
 
         return in_range
-    if cls is Regexp:
-        assert isinstance(validator, Regexp)
+    if cls is Regexp and isinstance(validator, Regexp):
         match = validator.regex.match
         return lambda value: match(value) is not None
     return lambda value: _passes(validator, value)
@@ -175,7 +176,7 @@ def _compile_field(field: fields.Field[Any]) -> Check:
     if cls is fields.String:
         check = _string
     elif cls in _VALUE_ONLY:
-        deserialize = field._deserialize
+        deserialize = field_deserializer(field)
 
         def check(value: Any) -> Any:
             if value is None:
@@ -195,7 +196,8 @@ def _compile_field(field: fields.Field[Any]) -> Check:
 
 
 def _compile_dict(field: fields.Field[Any]) -> Check:
-    assert isinstance(field, fields.Dict)
+    if not isinstance(field, fields.Dict):
+        raise Unsupported(f"not a Dict: {type(field).__name__}")
     if field.value_field is not None:
         raise Unsupported("Dict with a value field")
     key_field = field.key_field
@@ -221,7 +223,8 @@ def _compile_dict(field: fields.Field[Any]) -> Check:
 
 
 def _compile_nested(field: fields.Field[Any]) -> Check:
-    assert isinstance(field, fields.Nested)
+    if not isinstance(field, fields.Nested):
+        raise Unsupported(f"not a Nested: {type(field).__name__}")
     if field.many:
         raise Unsupported("Nested many")
     schema = field.schema
@@ -252,7 +255,7 @@ def _compile_schema(schema: Schema, unknown: str) -> FastLoad:
         raise Unsupported("many/partial/dict_class")
     if unknown not in (RAISE, EXCLUDE):
         raise Unsupported(f"unknown={unknown}")
-    hooks = schema._hooks
+    hooks = schema_hooks(schema)
     if hooks[PRE_LOAD] or hooks[POST_LOAD] or hooks[VALIDATES]:
         raise Unsupported("pre_load/post_load/validates hooks")
     schema_validators: list[Callable[..., Any]] = []
@@ -324,3 +327,48 @@ class Loader:
                 return out
         loaded: dict[str, Any] = self.schema.load(data)
         return loaded
+
+
+# -- marshmallow private names ------------------------------------------------------
+
+
+def field_deserializer(field: fields.Field[Any]) -> Callable[..., Any]:
+    """The field's own value conversion (``Field._deserialize``), without its checks."""
+    return field._deserialize
+
+
+def schema_hooks(schema: Schema) -> Mapping[str, Any]:
+    """The schema's registered decorator hooks (``Schema._hooks``), by hook kind."""
+    return schema._hooks
+
+
+def _hooks_hold() -> bool:
+    """``_hooks`` maps each kind to a list of ``(attr_name, pass_many, kwargs)``."""
+    from marshmallow import validates_schema
+
+    class Probe(Schema):
+        @validates_schema
+        def check(self, data: Any, **kwargs: Any) -> None:
+            """A hook to find in ``_hooks``."""
+
+    hooks = schema_hooks(Probe())
+    if not all(isinstance(hooks[kind], list) for kind in (PRE_LOAD, POST_LOAD, VALIDATES)):
+        return False
+    entries = hooks[VALIDATES_SCHEMA]
+    return (
+        len(entries) == 1
+        and len(entries[0]) == 3
+        and entries[0][0] == "check"
+        and entries[0][1] is False
+        and isinstance(entries[0][2], dict)
+    )
+
+
+#: (symbol, check): each check is True while marshmallow still has it as used here
+MARSHMALLOW_INTERNALS: Final[tuple[tuple[str, Callable[[], bool]], ...]] = (
+    (
+        "marshmallow.fields.Field._deserialize",
+        lambda: callable(getattr(fields.Field, "_deserialize", None)),
+    ),
+    ("marshmallow.Schema._hooks", _hooks_hold),
+)

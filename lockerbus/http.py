@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .auth import STATS_ROLES, Principal, bearer_token, verify_token
+from .auth import STATS_ROLES, Principal, TokenVerifier, bearer_token
 from .bus import EventBus
 from .commands import CommandService
 from .errors import (
@@ -26,9 +26,12 @@ from .errors import (
     StoreUnavailableError,
 )
 from .events import NAMESPACES
-from .limits import PrincipalLimits
+from .filters import parse_filter_json
+from .limits import RoleLimits
 from .log import access_logger
 from .metrics import Metrics
+from .reads import read_events
+from .responses import error_response, json_response
 from .service import parse_since
 from .store import EventStore
 
@@ -39,16 +42,6 @@ DEFAULT_PAGE: Final = 50
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def json_response(body: Any, status: int = 200) -> web.Response:
-    """A JSON response encoded with orjson."""
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
-def error_response(exc: LockerbusError) -> web.Response:
-    """The contract's ``{error: {code, message, fields?}}`` with the error's status."""
-    return json_response({"error": exc.to_wire()}, status=exc.http_status)
-
-
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn typed errors into contract bodies; never leak a traceback."""
@@ -56,6 +49,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except LockerbusError as exc:
         return error_response(exc)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        return _routing_error(request, exc)
     except web.HTTPException:
         raise
     except Exception:
@@ -65,24 +60,53 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         )
 
 
+def _routing_error(
+    request: web.Request, exc: web.HTTPNotFound | web.HTTPMethodNotAllowed
+) -> web.Response:
+    """No such route, or not with this method: the contract's error body, not plain text."""
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = json_response(
+            {
+                "error": {
+                    "code": "method_not_allowed",
+                    "message": f"{request.method} is not allowed on {request.path[:200]} "
+                    f"(allowed: {allowed})",
+                }
+            },
+            status=405,
+        )
+        response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return response
+    return json_response(
+        {"error": {"code": "not_found", "message": f"no route {request.path[:200]}"}}, status=404
+    )
+
+
+async def server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Name the product only: no Python or aiohttp version for scanners to match."""
+    response.headers["Server"] = "lockerbus"
+
+
 class HttpApi:
     """The HTTP routes of contract §7, bound to one server's collaborators."""
 
     def __init__(
         self,
         *,
-        secret: str,
+        verifier: TokenVerifier,
         bus: EventBus,
         store: EventStore,
         metrics: Metrics,
         commands: CommandService,
-        limits: PrincipalLimits,
+        limits: RoleLimits,
         max_event_bytes: int,
         stats: Callable[[], Awaitable[dict[str, Any]]],
-        problem: Callable[[], str | None] = lambda: None,
+        problem: Callable[[], str | None] | None = None,
     ) -> None:
-        self.problem = problem  # besides the store: why this instance is not ready
-        self.secret = secret
+        #: besides the store: why this instance is not ready (the cluster relay's)
+        self.problem = problem or (lambda: None)
+        self.verifier = verifier
         self.bus = bus
         self.store = store
         self.metrics = metrics
@@ -93,6 +117,7 @@ class HttpApi:
 
     def add_routes(self, app: web.Application) -> None:
         """Register the routes on ``app``."""
+        app.on_response_prepare.append(server_header)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_text)
@@ -103,7 +128,7 @@ class HttpApi:
 
     def principal(self, request: web.Request) -> Principal:
         """The caller of a request, from ``Authorization: Bearer <jwt>``."""
-        return verify_token(self.secret, bearer_token(request.headers.get("Authorization")))
+        return self.verifier.verify(bearer_token(request.headers.get("Authorization")))
 
     async def healthz(self, request: web.Request) -> web.Response:
         """200 while the process serves; no dependency is consulted."""
@@ -135,7 +160,7 @@ class HttpApi:
         principal = self.principal(request)
         payload = await self._json_body(request)
         event = await self.bus.publish_request(
-            payload, principal=principal, bucket=self.limits.bucket(principal.sub)
+            payload, principal=principal, bucket=self.limits.bucket(principal.sub, principal.role)
         )
         return json_response(event, status=201)
 
@@ -143,7 +168,8 @@ class HttpApi:
         """Run a command at a kiosk: 201 with the command_applied envelope."""
         principal = self.principal(request)
         payload = await self._json_body(request)
-        return json_response(await self.commands.execute(principal, payload), status=201)
+        bucket = self.limits.bucket(principal.sub, principal.role)
+        return json_response(await self.commands.execute(principal, payload, bucket), status=201)
 
     async def _json_body(self, request: web.Request) -> Any:
         if request.content_length is not None and request.content_length > self.max_body:
@@ -155,8 +181,8 @@ class HttpApi:
             raise BadRequestError(f"body is not valid JSON: {exc}") from None
 
     async def get_events(self, request: web.Request) -> web.Response:
-        """Page through a namespace's history, oldest first."""
-        self.principal(request)
+        """Page through a namespace's history, oldest first, within the caller's scope."""
+        principal = self.principal(request)
         query = request.query
         namespace = query.get("namespace", "")
         if namespace not in NAMESPACES:
@@ -168,14 +194,17 @@ class HttpApi:
         since = None
         if "since" in query:
             since = parse_since(query["since"], "since")
-        page = await self.store.page(namespace, after_seq=after_seq, since=since, limit=limit)
+        client_filter = parse_filter_json(query["filter"]) if "filter" in query else None
         return json_response(
-            {
-                "events": page.events,
-                "last_seq": page.last_seq,
-                "epoch": page.epoch,
-                "has_more": page.has_more,
-            }
+            await read_events(
+                self.store,
+                principal,
+                namespace,
+                after_seq=after_seq,
+                since=since,
+                limit=limit,
+                client_filter=client_filter,
+            )
         )
 
     async def get_stats(self, request: web.Request) -> web.Response:
@@ -187,17 +216,22 @@ class HttpApi:
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         """Prometheus text exposition."""
-        try:
-            stats = await self.store.stats()
-        except StoreUnavailableError:
-            pass  # the last figures stay; /readyz says why
-        else:
-            self.metrics.store_events.set(stats.events)
-            self.metrics.evictions.values = dict(stats.evictions)
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
+        return await metrics_response(self.metrics, self.store)
+
+
+async def metrics_response(metrics: Metrics, store: EventStore) -> web.Response:
+    """The Prometheus text, with the store's figures copied in first (main or metrics port)."""
+    try:
+        stats = await store.stats()
+    except StoreUnavailableError:
+        pass  # the last figures stay; /readyz says why
+    else:
+        metrics.store_events.set(stats.events)
+        metrics.evictions.values = dict(stats.evictions)
+    return web.Response(
+        body=generate_latest(metrics.registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

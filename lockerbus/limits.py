@@ -1,9 +1,9 @@
-"""Token buckets: how fast one connection or principal may publish."""
+"""Token buckets: how fast one connection or principal may publish, per role."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from cachetools import TTLCache
@@ -63,3 +63,26 @@ class PrincipalLimits:
             bucket = TokenBucket(self.rate, self.burst, self._clock)
         self._buckets[sub] = bucket  # refreshes its idle timer
         return bucket
+
+
+class RoleLimits:
+    """Per-principal buckets with each role's own rate (contract §2).
+
+    ``rates`` maps a role to ``(events per second, burst)``, or None for a role
+    that is not limited (gateway and admin unless configured).
+    """
+
+    def __init__(
+        self,
+        rates: Mapping[str, tuple[float, int] | None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._roles: dict[str, PrincipalLimits | None] = {
+            role: None if rate is None else PrincipalLimits(rate[0], rate[1], clock)
+            for role, rate in rates.items()
+        }
+
+    def bucket(self, sub: str, role: str) -> TokenBucket | None:
+        """The bucket of principal ``sub`` of ``role``; None when the role is not limited."""
+        limits = self._roles.get(role)
+        return None if limits is None else limits.bucket(sub)

@@ -13,9 +13,21 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+
+from .events import NAMESPACES
+from .version import __version__
 
 LATENCY_BUCKETS: Final = (
     0.0001,
@@ -97,14 +109,23 @@ def _quantile(totals: list[int], count: int, q: float) -> float | None:
 
 
 class Metrics:
-    """The server's counters, in their own registry (one per app)."""
+    """The server's counters, in their own registry (one per app).
+
+    The registry also carries the process, platform and GC collectors (a
+    custom registry has none of the default ones) and ``lockerbus_build_info``.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
+        Info("lockerbus_build", "The running lockerbus", registry=r).info({"version": __version__})
         self.connections = Gauge(
             "lockerbus_connections", "Open connections", ["namespace"], registry=r
         )
+        for namespace in NAMESPACES:  # every series from the start, at 0
+            self.connections.labels(namespace)
         self.published = Counter(
             "lockerbus_events_published", "Events accepted and stored", ["type"], registry=r
         )
@@ -138,7 +159,6 @@ class Metrics:
         )
         r.register(self.evictions)
         self.latency = LatencyWindow()
-        self.errors: dict[str, int] = {}
 
     def observe_broadcast(self, seconds: float) -> None:
         """One broadcast handed to its recipients ``seconds`` after acceptance."""
@@ -148,7 +168,16 @@ class Metrics:
     def reject(self, reason: str) -> None:
         """A publish refused with wire code ``reason``."""
         self.rejected.labels(reason).inc()
-        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+
+def totals(counter: Counter) -> dict[str, int]:
+    """A one-label counter's totals by label value, read from Prometheus (the one source)."""
+    out: dict[str, int] = {}
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels:
+                out[next(iter(sample.labels.values()))] = int(sample.value)
+    return out
 
 
 class _SnapshotCounter(Collector):

@@ -17,12 +17,10 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .log import server_logger
-from .redisopts import client_options
-from .store.redis import split_url
+from .redisconn import connect, split_url
 
 TTL_SECONDS: Final = 15.0
 HEARTBEAT_SECONDS: Final = 5.0
@@ -39,7 +37,7 @@ class Presence:
         plain_url, prefix = split_url(url)
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self._prefix = prefix
-        self._redis = Redis.from_url(plain_url, **client_options())
+        self._redis = connect(plain_url, retry=False)  # bounded: a partition fails fast
         self._own: dict[str, str] = {}  # sid -> kiosk id, to restore after Redis lost them
 
     def _kiosk_key(self, kiosk_id: str) -> str:

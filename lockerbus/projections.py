@@ -160,6 +160,19 @@ class Projection:
             "projection rebuilt lockers=%d open_help=%d", len(self.lockers), len(self.help)
         )
 
+    async def help_kiosk(self, store: EventStore, help_id: int) -> str | None:
+        """The kiosk of open help request ``help_id`` (None: unknown or resolved).
+
+        Tags ``help_status_updated`` (contract §10); the store is read only
+        when the request is not known here yet (published on another instance).
+        """
+        request = self.help.get(help_id)
+        if request is None:
+            async with self._lock:
+                await self._catch_up(store, HELP_NS, self.streams[HELP_NS])
+            request = self.help.get(help_id)
+        return None if request is None else request.get("kiosk_id")
+
     # -- snapshots -------------------------------------------------------------------
 
     async def lockers_snapshot(self, store: EventStore) -> dict[str, Any]:

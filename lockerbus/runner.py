@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from .app import BUS, GATEWAY, SETTINGS, create_app
+from .app import BUS, GATEWAY, METRICS, SETTINGS, STORE, create_app, store_options
 from .config import Settings
-from .log import app_logger
+from .errors import StoreUnavailableError
+from .http import metrics_response
+from .log import access_logger, app_logger
+from .startup import listen_failed, startup_failed, store_failed, wait_for_store
 
 
 @dataclass(slots=True)
@@ -31,10 +35,13 @@ class RunningApp:
     site: web.TCPSite
     host: str
     port: int
+    metrics_runner: web.AppRunner | None = None
 
     async def stop(self) -> None:
         """Graceful stop; see the module docstring for the order."""
         await self.site.stop()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         bus = self.app[BUS]
         bus.stop_accepting()
         if not await bus.drain(self.app[SETTINGS].shutdown_grace_seconds):
@@ -44,22 +51,64 @@ class RunningApp:
 
 
 async def start(settings: Settings, app: web.Application | None = None) -> RunningApp:
-    """Serve ``app`` (or ``create_app(settings)``) on the settings' host and port."""
+    """Serve ``app`` (or ``create_app(settings)``) on the settings' host and port.
+
+    Raises :class:`~lockerbus.startup.StartupError` when the store cannot be
+    opened or the port cannot be bound.
+    """
     app = app if app is not None else create_app(settings)
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        access_log=None,
+        access_log=access_logger if settings.access_log else None,
         shutdown_timeout=settings.shutdown_grace_seconds,
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except StoreUnavailableError as exc:
+        await runner.cleanup()
+        raise store_failed(exc) from None
+    except Exception as exc:  # e.g. the message queue's Redis: still one line, exit 1
+        app_logger.debug("start-up failed", exc_info=True)
+        await runner.cleanup()
+        raise startup_failed(exc) from None
     site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise listen_failed(settings.host, settings.port, exc) from None
     port = settings.port
     server = getattr(site, "_server", None)
     if server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
-    return RunningApp(app, runner, site, settings.host, port)
+    running = RunningApp(app, runner, site, settings.host, port)
+    if settings.metrics_port is not None:
+        try:
+            running.metrics_runner = await _serve_metrics(app, settings.host, settings.metrics_port)
+        except BaseException:
+            await running.stop()
+            raise
+    return running
+
+
+async def _serve_metrics(main: web.Application, host: str, port: int) -> web.AppRunner:
+    """/metrics alone on its own port, so scrapes can stay inside the cluster network."""
+    metrics, store = main[METRICS], main[STORE]
+
+    async def handler(request: web.Request) -> web.Response:
+        return await metrics_response(metrics, store)
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise listen_failed(host, port, exc, setting="metrics_port") from None
+    return runner
 
 
 async def serve_until_signalled(settings: Settings) -> None:
@@ -68,9 +117,13 @@ async def serve_until_signalled(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if settings.store_wait_seconds > 0 and not await wait_for_store(
+        settings, store_options(settings), stop
+    ):
+        return
     running = await start(settings)
     app_logger.info("listening on http://%s:%s", running.host, running.port)
-    print(f"lockerbus serving on http://{running.host}:{running.port}", flush=True)
+    print(f"lockerbus serving on http://{running.host}:{running.port}", file=sys.stderr, flush=True)
     await stop.wait()
     app_logger.info("shutting down")
     await running.stop()

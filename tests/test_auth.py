@@ -268,3 +268,28 @@ def test_publish_room_checks() -> None:
     for bad in ("locker_updates", "kiosk:", "", 5, "x" * 300):
         with pytest.raises(BadRequestError):
             check_publish_room("system_status", bad)
+
+
+def test_verifier_caches_until_exp_and_accepts_previous_secrets(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from lockerbus.auth import TokenVerifier
+
+    now = [time.time()]
+    verifier = TokenVerifier(SECRET, [OTHER_SECRET], clock=lambda: now[0])
+    calls = []
+    real_decode = jwt.decode
+
+    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[1])
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    old = issue_token(OTHER_SECRET, "kiosk", "k1", ttl_seconds=60)
+    assert verifier.verify(old) == Principal("k1", "kiosk")
+    assert calls == [SECRET, OTHER_SECRET]  # current first, then the previous one
+    assert verifier.verify(old).sub == "k1"
+    assert len(calls) == 2  # served from the cache
+    now[0] += 61  # past its exp: the cache forgets it and verifies again
+    verifier.verify(old)
+    assert len(calls) == 4
+    with pytest.raises(UnauthorizedError, match="signature"):
+        verifier.verify(issue_token("yet-another-secret-long-enough-0000000000", "panel", "p"))

@@ -57,6 +57,28 @@ def test_token_ttl() -> None:
     assert time.time() + 80 < claims["exp"] <= time.time() + 91
 
 
+def test_token_scope_and_current_secret() -> None:
+    previous = "a-previous-secret-that-is-long-enough-000000"
+    env = clean_env(LOCKERBUS_SECRET=SECRET, LOCKERBUS_PREVIOUS_SECRETS=previous)
+    args = ["token", "--role", "panel", "--sub", "p1", "--scope", '{"kiosk": ["kiosk-1"]}']
+    result = run(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    # signed with the current secret, never a previous one
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert claims["scope"] == {"kiosk": ["kiosk-1"]}
+    assert verify_token(SECRET, token).reach.matches({"kiosk": "kiosk-1"})
+    assert not verify_token(SECRET, token).reach.matches({"kiosk": "kiosk-2"})
+
+
+@pytest.mark.parametrize("scope", ['{"kiosk": []}', "not json", '{"kiosk": 3}'])
+def test_token_bad_scope_is_refused(scope: str) -> None:
+    args = ["token", "--role", "panel", "--sub", "p1", "--scope", scope]
+    result = run(*args, env=clean_env(LOCKERBUS_SECRET=SECRET))
+    assert result.returncode == 2
+    assert "--scope" in result.stderr and result.stdout == ""
+
+
 def test_python_dash_m_works_too() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "lockerbus", "token", "--role", "admin", "--sub", "a"],
@@ -75,7 +97,6 @@ def test_python_dash_m_works_too() -> None:
         (["serve"], {"LOCKERBUS_PORT": "eighty"}, "LOCKERBUS_PORT"),
         (["serve"], {"LOCKERBUS_SECRET": "too-short"}, "LOCKERBUS_SECRET"),
         (["serve"], {"LOCKERBUS_STORE": "mysql://db"}, "LOCKERBUS_STORE"),
-        (["serve"], {"LOCKERBUS_MAX_EVENTZ": "1"}, "LOCKERBUS_MAX_EVENTZ"),
         (["serve", "--port", "99999"], {}, "--port"),
         (["serve", "--config", "/nonexistent/lockerbus.toml"], {}, "config"),
         (["token", "--role", "kiosk", "--sub", "k1"], {"LOCKERBUS_SECRET": "short"}, "SECRET"),
@@ -91,6 +112,16 @@ def test_bad_setting_exits_with_one_line_naming_it(
     assert named in lines[0]
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_unknown_variable_warns_once_and_the_command_still_runs() -> None:
+    env = clean_env(LOCKERBUS_SECRET=SECRET, LOCKERBUS_MAX_EVENTZ="1", LOCKERBUS_OOPS="2")
+    result = run("token", "--role", "kiosk", "--sub", "k1", env=env)
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "LOCKERBUS_MAX_EVENTZ" in line]
+    assert len(warning) == 1, result.stderr
+    assert "LOCKERBUS_OOPS" in warning[0]
+    assert verify_token(SECRET, result.stdout.strip()).sub == "k1"
 
 
 @pytest.mark.parametrize(
@@ -129,24 +160,25 @@ def free_port() -> int:
 
 
 class Server:
-    """A ``lockerbus serve`` process whose stdout lines arrive on a queue."""
+    """A ``lockerbus serve`` process whose stderr lines (all its human output) arrive on a queue."""
 
-    def __init__(self, port: int, env: dict[str, str], stderr: IO[str]) -> None:
+    def __init__(self, port: int, env: dict[str, str], stdout: IO[str]) -> None:
         self.port = port
         self.process = subprocess.Popen(
             [str(LOCKERBUS), "serve", "--port", str(port)],
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
             text=True,
         )
+        self.stdout_path: Path | None = None
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
 
@@ -202,9 +234,10 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     logs: list[IO[str]] = []
 
     def start(**env: str) -> Server:
-        log = (tmp_path / f"stderr-{len(logs)}.log").open("w")
+        log = (tmp_path / f"stdout-{len(logs)}.log").open("w")
         logs.append(log)
         server = Server(free_port(), clean_env(**env), log)
+        server.stdout_path = tmp_path / f"stdout-{len(logs) - 1}.log"
         servers.append(server)
         return server
 
@@ -230,6 +263,38 @@ def test_serve_in_dev_mode_prints_tokens_and_answers_healthz(serve: Any) -> None
     status, body = server.get("/healthz")
     assert (status, body) == (200, {"status": "ok"})
     assert server.stop() == 0
+    # human output goes to stderr; stdout stays empty
+    assert server.stdout_path is not None
+    assert server.stdout_path.read_text() == ""
+
+
+def test_json_log_format_writes_one_object_per_line(serve: Any) -> None:
+    server = serve(LOCKERBUS_SECRET=SECRET, LOCKERBUS_LOG_FORMAT="json", LOCKERBUS_ACCESS_LOG="1")
+    server.wait_for_line("serving on", timeout=60)
+    assert server.get("/healthz") == (200, {"status": "ok"})
+    server.wait_for_line("lockerbus.access", timeout=30)
+    assert server.stop() == 0
+    records = []
+    for line in server.seen:
+        if line.startswith("lockerbus serving on"):
+            continue
+        record = json.loads(line)
+        assert {"time", "level", "logger", "message"} <= set(record), line
+        records.append(record)
+    loggers = {record["logger"] for record in records}
+    assert "lockerbus.app" in loggers
+    access = [r for r in records if r["logger"] == "lockerbus.access"]
+    assert any("GET /healthz" in r["message"] for r in access), access
+
+
+def test_access_log_is_off_by_default(serve: Any) -> None:
+    server = serve(LOCKERBUS_SECRET=SECRET)
+    server.wait_for_line("serving on", timeout=60)
+    assert server.get("/healthz") == (200, {"status": "ok"})
+    assert server.stop() == 0
+    server.lines.put(None)
+    with pytest.raises(AssertionError):
+        server.wait_for_line("GET /healthz", timeout=5)
 
 
 def test_serve_with_a_secret_prints_no_tokens(serve: Any) -> None:
@@ -237,3 +302,52 @@ def test_serve_with_a_secret_prints_no_tokens(serve: Any) -> None:
     server.wait_for_line("serving on", timeout=60)
     assert not any("DEV MODE" in line for line in server.seen)
     assert server.get("/healthz") == (200, {"status": "ok"})
+
+
+def test_config_prints_effective_settings_with_sources_and_no_secrets(tmp_path: Path) -> None:
+    import tomllib
+
+    toml = tmp_path / "lockerbus.toml"
+    toml.write_text('[lockerbus]\nmax_events = 77\nadmin_password = "hunter2-hunter2"\n')
+    env = clean_env(
+        LOCKERBUS_SECRET=SECRET,
+        LOCKERBUS_STORE="redis://user:s3cret-pw@redis.example:6379/0",
+        LOCKERBUS_MESSAGE_QUEUE="redis://user:s3cret-pw@redis.example:6379/0",
+    )
+    result = run("config", "--config", str(toml), "--port", "9123", env=env)
+    assert result.returncode == 0, result.stderr
+    for secret in (SECRET, "s3cret-pw", "hunter2-hunter2"):
+        assert secret not in result.stdout
+    lines = {line.split(" ", 1)[0]: line for line in result.stdout.splitlines()}
+    assert lines["port"].endswith("# flag")
+    assert lines["max_events"].endswith("# file")
+    assert lines["secret"].endswith("# env")
+    assert lines["host"].endswith("# default")
+    # what it prints is TOML a reader can load again
+    parsed = tomllib.loads(result.stdout)["lockerbus"]
+    assert parsed["port"] == 9123
+    assert parsed["max_events"] == 77
+    assert parsed["store"] == "redis://user:<redacted>@redis.example:6379/0"
+    assert parsed["secret"] == "<redacted>"
+
+
+def test_config_check_passes_a_good_configuration() -> None:
+    result = run("config", "--check", env=clean_env(LOCKERBUS_SECRET=SECRET))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "valid" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LOCKERBUS_PORT": "eighty"},
+        {"LOCKERBUS_SECRET": "short"},
+        {"LOCKERBUS_MAX_SEND_QUEUE": "10"},
+    ],
+)
+def test_config_check_fails_a_bad_configuration(env: dict[str, str]) -> None:
+    result = run("config", "--check", env=clean_env(**env))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert next(iter(env)) in result.stderr or "replay_buffer_size" in result.stderr

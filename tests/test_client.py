@@ -278,3 +278,37 @@ def test_command_answer_shapes() -> None:
     assert command_answer({"a": 1}) == {"success": True, "response_data": {"a": 1}}
     with pytest.raises(TypeError):
         command_answer(3)
+
+
+def test_connection_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="transports"):
+        ClientOptions(transports=("carrier-pigeon",))
+    with pytest.raises(ValueError, match="transports"):
+        ClientOptions(transports=())
+    with pytest.raises(ValueError, match="ca_file needs ssl_verify"):
+        ClientOptions(ca_file="/etc/ssl/ca.pem", ssl_verify=False)
+
+
+async def test_polling_transport_and_headers_pass_through(server_factory) -> None:
+    server = await server_factory()
+    seen: list[tuple[str, str]] = []
+    namespace = server.app[GATEWAY].sio.namespace_handlers["/ws/events"]
+    original = namespace.on_connect
+
+    async def spy(sid, environ, auth=None):  # type: ignore[no-untyped-def]
+        seen.append((environ.get("HTTP_X_KIOSK_SITE", ""), environ.get("QUERY_STRING", "")))
+        return await original(sid, environ, auth)
+
+    namespace.on_connect = spy
+    options = ClientOptions(
+        reconnect_first_delay=0.3,
+        transports=("polling",),
+        headers={"X-Kiosk-Site": "site-7"},
+    )
+    token = server.token("kiosk", "kiosk-1")
+    async with KioskClient(server.url, token, "kiosk-1", options=options) as kiosk:
+        await kiosk.wait_live()
+        event = await kiosk.report_status("online", 90.0)
+    assert event is not None and event["type"] == "system_status"
+    assert [site for site, _ in seen] == ["site-7"]
+    assert "transport=polling" in seen[0][1]

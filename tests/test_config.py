@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lockerbus.config import SETTING_NAMES, Settings, env_name, load_settings
+from lockerbus.config import SETTING_NAMES, Settings, env_name, load_settings, read_settings
 from lockerbus.errors import ConfigError
 
 SECRET = "s" * 32
@@ -130,6 +132,7 @@ def test_toml_types_are_checked(toml_file: Any) -> None:
 
 # Every setting with a value that must stop start-up; settings that take any
 # string are listed apart, so a new setting cannot slip past this table.
+ROLE_ORDER = ("kiosk", "panel", "gateway", "admin")
 BAD_VALUES: dict[str, list[str]] = {
     "host": ["", "  "],
     "port": ["abc", "70000", "-1", "8080.5", ""],
@@ -154,6 +157,14 @@ BAD_VALUES: dict[str, list[str]] = {
     "log_level": ["LOUD", "verbose"],
     "admin_ui": ["perhaps", "true"],  # true without username and password
     "shutdown_grace_seconds": ["-1", "later"],
+    "store_wait_seconds": ["-1", "soon"],
+    "log_format": ["xml", "plain"],
+    "access_log": ["maybe"],
+    "metrics_port": ["0", "70000", "8080", "nine"],
+    # a valid list without LOCKERBUS_SECRET: nothing to sign with
+    "previous_secrets": ["short", "x" * 40 + ",short", "x" * 40],
+    **{f"rate_limit_{r}_per_second": ["0", "-1", "fast"] for r in ROLE_ORDER},
+    **{f"rate_limit_{r}_burst": ["0", "1.5"] for r in ROLE_ORDER},
 }
 ANY_STRING = {"admin_username", "admin_password"}
 
@@ -183,11 +194,57 @@ def test_bad_flag_names_the_flag() -> None:
         load_settings(flags={"store": "ftp://x"}, env={})
 
 
-def test_unknown_lockerbus_variable_is_named() -> None:
-    with pytest.raises(ConfigError, match=r"^LOCKERBUS_MAX_EVENT: unknown setting"):
-        load_settings(env={"LOCKERBUS_MAX_EVENT": "5"})
+def test_unknown_lockerbus_variable_warns_once_and_is_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = {"LOCKERBUS_MAX_EVENT": "5", "LOCKERBUS_TYPO": "x", "LOCKERBUS_MAX_EVENTS": "7"}
+    loaded = read_settings(env=env)
+    assert loaded.unknown_env == ("LOCKERBUS_MAX_EVENT", "LOCKERBUS_TYPO")
+    assert loaded.settings.max_events == 7
+    with caplog.at_level(logging.WARNING, logger="lockerbus.config"):
+        assert load_settings(env=env).max_events == 7
+    warnings = [r for r in caplog.records if r.name == "lockerbus.config"]
+    assert len(warnings) == 1
+    assert "LOCKERBUS_MAX_EVENT, LOCKERBUS_TYPO" in warnings[0].getMessage()
     # others' variables are not ours to judge
     assert load_settings(env={"LOCKERBUSX": "1", "HOME": "/root"}) == Settings()
+
+
+KUBERNETES_SERVICE_LINKS = {
+    "LOCKERBUS_SERVICE_HOST": "10.96.0.12",
+    "LOCKERBUS_SERVICE_PORT": "8080",
+    "LOCKERBUS_SERVICE_PORT_HTTP": "8080",
+    "LOCKERBUS_PORT": "tcp://10.96.0.12:8080",
+    "LOCKERBUS_PORT_8080_TCP": "tcp://10.96.0.12:8080",
+    "LOCKERBUS_PORT_8080_TCP_PROTO": "tcp",
+    "LOCKERBUS_PORT_8080_TCP_PORT": "8080",
+    "LOCKERBUS_PORT_8080_TCP_ADDR": "10.96.0.12",
+    "LOCKERBUS_REDIS_SERVICE_HOST": "10.96.0.13",
+    "LOCKERBUS_REDIS_PORT": "tcp://10.96.0.13:6379",
+    "LOCKERBUS_REDIS_PORT_6379_TCP_ADDR": "10.96.0.13",
+}
+
+
+def test_kubernetes_service_links_are_recognised_and_ignored() -> None:
+    loaded = read_settings(env=KUBERNETES_SERVICE_LINKS)
+    assert loaded.unknown_env == ()
+    assert loaded.settings == Settings()
+    assert loaded.settings.port == 8080
+    # LOCKERBUS_PORT=tcp://... never changes the port, whatever port the link names
+    moved = read_settings(env={"LOCKERBUS_PORT": "tcp://10.0.0.1:9999"}).settings
+    assert moved.port == 8080
+    # a real port setting still works next to the links (a flag or a plain number)
+    assert load_settings(env={**KUBERNETES_SERVICE_LINKS}, flags={"port": "9001"}).port == 9001
+
+
+def test_sources_name_where_each_setting_came_from(toml_file: Any) -> None:
+    path = toml_file("[lockerbus]\nmax_events = 5\nport = 1\n")
+    loaded = read_settings(
+        env={"LOCKERBUS_PORT": "2", "LOCKERBUS_TTL_HOURS": "3"},
+        flags={"port": "4", "host": None},
+        config_file=path,
+    )
+    assert dict(loaded.sources) == {"max_events": "file", "port": "flag", "ttl_hours": "env"}
 
 
 def test_unknown_toml_key_is_named(toml_file: Any) -> None:
@@ -235,3 +292,48 @@ def test_admin_ui_needs_credentials() -> None:
         load_settings(env=env)
     settings = load_settings(env={**env, "LOCKERBUS_ADMIN_PASSWORD": "pw"})
     assert settings.admin_ui
+
+
+def test_json_formatter_carries_the_event_fields() -> None:
+    from lockerbus.log import JsonFormatter
+
+    record = logging.LogRecord("lockerbus.server", logging.INFO, "x.py", 1, "hi %s", ("k1",), None)
+    record.kiosk_id = "k1"
+    record.seq = 7
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    decoded = json.loads(line)
+    assert decoded["message"] == "hi k1"
+    assert (decoded["logger"], decoded["level"]) == ("lockerbus.server", "INFO")
+    assert (decoded["kiosk_id"], decoded["seq"]) == ("k1", 7)
+    assert decoded["time"].endswith("+00:00")
+
+
+def test_log_format_is_checked() -> None:
+    assert load_settings(env={"LOCKERBUS_LOG_FORMAT": "JSON"}).log_format == "json"
+    with pytest.raises(ConfigError, match=r"^LOCKERBUS_LOG_FORMAT: must be one of text, json"):
+        load_settings(env={"LOCKERBUS_LOG_FORMAT": "xml"})
+
+
+def test_rate_limits_per_role() -> None:
+    limits = load_settings(env={}).role_rate_limits()
+    assert limits == {"kiosk": (50.0, 100), "panel": (50.0, 100), "gateway": None, "admin": None}
+    env = {
+        "LOCKERBUS_RATE_LIMIT_PER_SECOND": "5",
+        "LOCKERBUS_RATE_LIMIT_KIOSK_BURST": "7",
+        "LOCKERBUS_RATE_LIMIT_GATEWAY_PER_SECOND": "500",
+    }
+    limits = load_settings(env=env).role_rate_limits()
+    # a role's own setting wins; the general one fills in what it leaves out
+    assert limits == {
+        "kiosk": (5.0, 7),
+        "panel": (5.0, 100),
+        "gateway": (500.0, 100),
+        "admin": None,
+    }
+
+
+def test_previous_secrets_are_read_as_a_list() -> None:
+    secret, old1, old2 = "s" * 40, "a" * 40, "b" * 40
+    env = {"LOCKERBUS_SECRET": secret, "LOCKERBUS_PREVIOUS_SECRETS": f"{old1}, {old2}"}
+    assert load_settings(env=env).previous_secrets == (old1, old2)

@@ -65,6 +65,31 @@ class Example:
             self.proc.kill()
 
 
+async def test_kiosk_simulator_with_the_dev_mode_kiosk_token(server, http) -> None:
+    # README: dev mode prints a kiosk token (sub kiosk-1); the simulator runs as that kiosk
+    sim = await Example.start(
+        "kiosk_simulator.py",
+        "--url", server.url, "--token", server.token("kiosk", "kiosk-1"),
+        "--interval", "0.1", "--duration", "1",
+    )  # fmt: skip
+    try:
+        await sim.expect(r"^kiosk-1 connected=True")
+        output = await sim.finish()
+    finally:
+        sim.kill()
+    assert re.search(r"^simulator done: 1 kiosks, [1-9]\d* events$", output, re.M)
+    assert "rejected" not in output.replace("0 rejected", "")
+
+
+async def test_kiosk_simulator_refuses_a_panel_token(server) -> None:
+    sim = await Example.start("kiosk_simulator.py", "--token", server.token("panel", "p"))
+    try:
+        await sim.expect(r"must be a kiosk token")
+        assert await asyncio.wait_for(sim.proc.wait(), 30) == 2
+    finally:
+        sim.kill()
+
+
 async def test_kiosk_simulator(server, http) -> None:
     sim = await Example.start(
         "kiosk_simulator.py",

@@ -159,3 +159,30 @@ async def test_cors_is_same_origin_unless_configured(server_factory, http) -> No
     other = {**preflight, "Origin": "https://evil.example"}
     async with http.options(f"{server.url}/api/events", headers=other) as resp:
         assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_unknown_route_is_a_json_404(server, http) -> None:
+    async with http.get(f"{server.url}/no/such/thing") as resp:
+        assert resp.status == 404
+        assert resp.content_type == "application/json"
+        body = await resp.json()
+    assert body["error"]["code"] == "not_found"
+    assert "/no/such/thing" in body["error"]["message"]
+
+
+async def test_wrong_method_is_a_json_405_with_allow(server, http) -> None:
+    async with http.delete(f"{server.url}/api/events") as resp:
+        assert resp.status == 405
+        assert resp.content_type == "application/json"
+        assert "POST" in resp.headers["Allow"]
+        body = await resp.json()
+    assert body["error"]["code"] == "method_not_allowed"
+    assert "DELETE" in body["error"]["message"]
+
+
+async def test_server_header_names_no_versions(server, http) -> None:
+    for path in ("/healthz", "/no/such/thing", "/metrics"):
+        async with http.get(f"{server.url}{path}") as resp:
+            header = resp.headers.get("Server", "")
+        assert header == "lockerbus", (path, header)
+        assert "Python" not in header and "aiohttp" not in header

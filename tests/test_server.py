@@ -222,7 +222,7 @@ async def test_room_members_only_unless_room_is_empty(server) -> None:
     await member.wait_events(LOCKERS, "locker_state_changed", 3)
     assert [e["seq"] for e in other.events(LOCKERS, "locker_state_changed")] == [first["seq"]]
     assert third["seq"] == 3
-    stats = await server.app[__import__("lockerbus.app").app.GATEWAY].stats()
+    stats = await server.app[__import__("lockerbus.app").app.STATS]()
     assert stats["fallback_broadcasts"][LOCKERS] == 1
 
 

@@ -186,6 +186,11 @@ async def test_a_removed_file_is_unavailable(tmp_path: Path) -> None:
             await store.check()
         with pytest.raises(StoreUnavailableError, match="removed"):
             await store.replay(LOCKERS, after_seq=0, limit=10)
+        with pytest.raises(StoreUnavailableError, match="unable to open"):
+            await store.stats()  # a reader opening now finds no file...
+        with pytest.raises(StoreUnavailableError, match="removed"):
+            await store.cleanup()
+    assert not path.exists(), "...and leaves no empty database in its place"
 
 
 async def test_a_replaced_file_is_unavailable(tmp_path: Path) -> None:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from ..errors import ConfigError
-from .base import EventStore, NamespaceStats, ReplayResult, StoreStats
+from ..config import MEMORY_URL, SQLITE_PREFIX, validate_store_url
+from .base import EventStore, NamespaceStats, ReplayResult, StoreOptions, StoreStats
 
 __all__ = [
     "EventStore",
@@ -21,26 +20,6 @@ __all__ = [
     "open_store",
     "validate_store_url",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class StoreOptions:
-    """What every backend is configured with (contract §1 settings)."""
-
-    max_events: int = 10_000
-    ttl_seconds: float = 24 * 3600
-    cleanup_interval_seconds: float = 30 * 60
-
-
-def validate_store_url(url: str) -> str:
-    """Check a store URL's form; raises :class:`ConfigError` naming ``store``."""
-    if url == "memory":
-        return url
-    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
-        return url
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return url
-    raise ConfigError("store", f"{url!r} is not memory, sqlite:///path.db or redis://host:port/db")
 
 
 def open_store(
@@ -55,14 +34,14 @@ def open_store(
     """
     options = options or StoreOptions()
     validate_store_url(url)
-    if url == "memory":
+    if url == MEMORY_URL:
         from .memory import MemoryEventStore
 
         return MemoryEventStore(options, clock=clock)
-    if url.startswith("sqlite:///"):
+    if url.startswith(SQLITE_PREFIX):
         from .sqlite import SqliteEventStore
 
-        return SqliteEventStore(url[len("sqlite:///") :], options, clock=clock)
+        return SqliteEventStore(url[len(SQLITE_PREFIX) :], options, clock=clock)
     # By name: the Redis backend (and its driver) is an optional extra that
     # type-checking must not require.
     redis_backend = importlib.import_module(".redis", __name__)

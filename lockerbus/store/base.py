@@ -34,18 +34,35 @@ Guarantees
 * Storage failures raise :class:`~lockerbus.errors.StoreUnavailableError`;
   ``check()`` raises it with the reason while the store cannot serve.
 * No method blocks the event loop: file and network work runs off it.
+
+Lifecycle: a store is *new* until ``start()`` opens it, *open* until
+``close()``, then *closed* for good.  ``start()`` on an open store returns at
+once; ``close()`` is idempotent and may be called while ``start()`` runs.
+
+:class:`EventStore` is the contract, a Protocol: the layers that use a store
+(service, delivery, HTTP) import it from here, and this module imports nothing
+above :mod:`lockerbus.events`.  The backends share their skeleton through
+:class:`lockerbus.store.backend.BaseEventStore`.
 """
 
 from __future__ import annotations
 
-import abc
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final
+from typing import Final, Protocol, Self
 
 from ..events import Event
 
 EVICTION_REASONS: Final = ("ttl", "capacity", "corrupt")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """What every backend is configured with (contract §1 settings)."""
+
+    max_events: int = 10_000
+    ttl_seconds: float = 24 * 3600
+    cleanup_interval_seconds: float = 30 * 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,17 +106,15 @@ class StoreStats:
     evictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVICTION_REASONS, 0))
 
 
-class EventStore(abc.ABC):
+class EventStore(Protocol):
     """A per-namespace, seq-numbered, expiring event log."""
 
     #: The name of the sequence space; set by :meth:`start`.
     epoch: str
 
-    @abc.abstractmethod
     async def start(self) -> None:
         """Open the backend and start background cleanup; call once before use."""
 
-    @abc.abstractmethod
     async def append(self, event: Event, *, ttl_seconds: float | None = None) -> Event:
         """Store a validated event; returns it with ``seq`` and ``epoch`` set.
 
@@ -111,7 +126,6 @@ class EventStore(abc.ABC):
         carry, StoreUnavailableError when storage fails.
         """
 
-    @abc.abstractmethod
     async def replay(
         self,
         namespace: str,
@@ -133,10 +147,9 @@ class EventStore(abc.ABC):
         ``recovered=None``.  ``after_seq`` takes precedence over ``since``.
         ``has_more`` says whether matching events were left out (for the
         ``recovered=False`` fallback: whether the namespace holds more).
-        The decision itself is :func:`lockerbus.recovery.plan_replay`.
+        The decision itself is :func:`lockerbus.recovery.decide`.
         """
 
-    @abc.abstractmethod
     async def page(
         self,
         namespace: str,
@@ -148,19 +161,15 @@ class EventStore(abc.ABC):
         """Read forward through history: the oldest ``limit`` events after
         ``after_seq`` (and at or after ``since``), for paging and projections."""
 
-    @abc.abstractmethod
     async def last_seq(self, namespace: str) -> int:
         """The latest seq assigned in ``namespace`` in this epoch (0 when none)."""
 
-    @abc.abstractmethod
     async def stats(self) -> StoreStats:
         """Counts, seq ranges and evictions by reason."""
 
-    @abc.abstractmethod
     async def cleanup(self) -> int:
         """Remove expired events now; returns how many were removed."""
 
-    @abc.abstractmethod
     async def check(self) -> None:
         """Return when the store can serve; raise StoreUnavailableError with the reason.
 
@@ -168,13 +177,11 @@ class EventStore(abc.ABC):
         whether appends would work.
         """
 
-    @abc.abstractmethod
     async def close(self) -> None:
         """Stop background work, flush and release the backend. Idempotent."""
 
-    async def __aenter__(self) -> EventStore:
-        await self.start()
-        return self
+    async def __aenter__(self) -> Self:
+        """``start()``, then the store itself."""
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+        """``close()``."""

@@ -14,11 +14,9 @@ atomic with respect to other coroutines; nothing touches disk or network.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import heapq
 import itertools
-import time
 import zlib
 from array import array
 from bisect import bisect_left
@@ -28,12 +26,16 @@ from typing import cast
 
 from cachetools import Cache, TTLCache
 
-from ..errors import StoreUnavailableError
 from ..events import Event
-from ..log import store_logger
 from ..recovery import decide
-from . import StoreOptions
-from .base import EVICTION_REASONS, EventStore, NamespaceStats, ReplayResult, StoreStats
+from .backend import BaseEventStore, Damaged
+from .base import (
+    EVICTION_REASONS,
+    NamespaceStats,
+    ReplayResult,
+    StoreOptions,
+    StoreStats,
+)
 from .codec import (
     check_append,
     check_limit,
@@ -229,41 +231,29 @@ class _EventCache(TTLCache[_Record, _Record, float]):
         return key, record
 
 
-class MemoryEventStore(EventStore):
+#: A record that failed its checks, and why.
+_Suspect = tuple[_Record, str]
+
+
+class MemoryEventStore(BaseEventStore[_Suspect]):
     """Events in memory for one process; a new epoch on every start."""
 
     def __init__(
         self, options: StoreOptions | None = None, *, clock: Callable[[], float] | None = None
     ) -> None:
-        self._options = options = options or StoreOptions()
-        if options.max_events < 1:
-            raise ValueError("max_events must be at least 1")
-        self._clock = clock or time.time
+        super().__init__("the memory store", options, clock)
         self.epoch = new_epoch()
         self._cache = self._new_cache()
         self._logs: dict[str, _Log] = {}
         self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
-        self._state = "new"
-        self._cleaner: asyncio.Task[None] | None = None
 
-    # -- lifecycle ----------------------------------------------------------
+    # -- lifecycle (the rest is BaseEventStore's) -------------------------------
 
-    async def start(self) -> None:
-        """Start the periodic cleanup; the store serves from here until close()."""
-        if self._state == "closed":
-            raise StoreUnavailableError("the memory store is closed")
-        if self._state == "new":
-            self._state = "open"
-            self._cleaner = asyncio.create_task(self._cleanup_forever(), name="lockerbus-cleanup")
+    async def _open(self) -> None:
+        """Nothing to open: the store serves from start() until close()."""
 
-    async def close(self) -> None:
-        """Stop the cleanup task and drop every event (they die with the process anyway)."""
-        self._state = "closed"
-        cleaner, self._cleaner = self._cleaner, None
-        if cleaner is not None:
-            cleaner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await cleaner
+    async def _release(self) -> None:
+        """Drop every event (they die with the process anyway)."""
         # A fresh cache rather than clear(): clear() pops items one by one through
         # the eviction hook, which would count them as capacity evictions.
         self._cache = self._new_cache()
@@ -271,14 +261,14 @@ class MemoryEventStore(EventStore):
 
     async def check(self) -> None:
         """A memory store can serve whenever it is open."""
-        self._check_open()
+        self._require_open()
 
     # -- writing ------------------------------------------------------------
 
     async def append(self, event: Event, *, ttl_seconds: float | None = None) -> Event:
         """Store ``event`` with the next seq of its namespace (see base.EventStore)."""
         namespace = check_append(event, ttl_seconds)
-        self._check_open()
+        self._require_open()
         at = event_time(event)
         log = self._logs.get(namespace)
         if log is None:
@@ -293,6 +283,7 @@ class MemoryEventStore(EventStore):
         return stored
 
     # -- reading ------------------------------------------------------------
+    # No read awaits anything real: each runs to its answer without yielding.
 
     async def replay(
         self,
@@ -305,9 +296,10 @@ class MemoryEventStore(EventStore):
     ) -> ReplayResult:
         """Events for a reconnecting client (see base.EventStore.replay)."""
         check_limit(limit)
-        self._check_open()
+        self._require_open()
         since_at = since_seconds(since) if since is not None and after_seq is None else None
-        while True:
+
+        async def read() -> ReplayResult | Damaged[_Suspect]:
             self._cache.expire()
             log = self._log(namespace)
             plan, recovered = decide(
@@ -320,9 +312,11 @@ class MemoryEventStore(EventStore):
             )
             records, has_more = log.newest(plan.after_seq, plan.limit, since_at)
             events = self._decode(records)
-            if events is not None:
-                return ReplayResult(events, log.last_seq, self.epoch, recovered, has_more)
-            # Corrupt records were removed: decide again, now that the hole shows.
+            if isinstance(events, Damaged):
+                return events  # removed, then decided again, now that the hole shows
+            return ReplayResult(events, log.last_seq, self.epoch, recovered, has_more)
+
+        return await self._read_repairing(read)
 
     async def page(
         self,
@@ -334,29 +328,32 @@ class MemoryEventStore(EventStore):
     ) -> ReplayResult:
         """The oldest ``limit`` events after ``after_seq`` (see base.EventStore.page)."""
         check_limit(limit)
-        self._check_open()
+        self._require_open()
         since_at = since_seconds(since) if since is not None else None
-        while True:
+
+        async def read() -> ReplayResult | Damaged[_Suspect]:
             self._cache.expire()
             log = self._log(namespace)
             records, has_more = log.oldest(after_seq, limit, since_at)
             events = self._decode(records)
-            if events is not None:
-                if has_more:
-                    last = records[-1].seq if records else max(after_seq, 0)
-                else:
-                    last = log.last_seq
-                return ReplayResult(events, last, self.epoch, None, has_more)
+            if isinstance(events, Damaged):
+                return events
+            last = log.last_seq
+            if has_more:
+                last = records[-1].seq if records else max(after_seq, 0)
+            return ReplayResult(events, last, self.epoch, None, has_more)
+
+        return await self._read_repairing(read)
 
     async def last_seq(self, namespace: str) -> int:
         """The latest seq assigned in ``namespace`` (0 when none)."""
-        self._check_open()
+        self._require_open()
         log = self._logs.get(namespace)
         return log.last_seq if log else 0
 
     async def stats(self) -> StoreStats:
         """Counts per namespace, seq ranges and evictions by reason."""
-        self._check_open()
+        self._require_open()
         self._cache.expire()
         namespaces = {}
         for name, log in self._logs.items():
@@ -373,12 +370,11 @@ class MemoryEventStore(EventStore):
 
     async def cleanup(self) -> int:
         """Drop expired events and verify every checksum; returns how many were removed."""
-        self._check_open()
+        self._require_open()
         removed = len(self._cache.expire())
         for log in list(self._logs.values()):
             bad = [r for r in log.held_records() if checksum(r.blob) != r.crc]
-            for record in bad:
-                self._remove_corrupt(record, "checksum mismatch")
+            await self._repair([(record, "checksum mismatch") for record in bad])
             removed += len(bad)
         return removed
 
@@ -388,11 +384,6 @@ class MemoryEventStore(EventStore):
         options = self._options
         return _EventCache(options.max_events, self._clock, options.ttl_seconds, self._evicted)
 
-    def _check_open(self) -> None:
-        if self._state != "open":
-            state = "not started" if self._state == "new" else "closed"
-            raise StoreUnavailableError(f"the memory store is {state}")
-
     def _log(self, namespace: str) -> _Log:
         return self._logs.get(namespace) or _Log(namespace)
 
@@ -400,14 +391,12 @@ class MemoryEventStore(EventStore):
         if record.log.remove(record):
             self._evictions[reason] += 1
 
-    def _decode(self, records: list[_Record]) -> list[Event] | None:
-        """The records as events, or None after removing any that failed their checks."""
+    def _decode(self, records: list[_Record]) -> list[Event] | Damaged[_Suspect]:
+        """The records as events, or which of them fail their checks."""
         crc32 = zlib.crc32  # the same function as codec.checksum, without a call layer
-        bad = [r for r in records if crc32(r.blob) != r.crc]
-        for record in bad:
-            self._remove_corrupt(record, "checksum mismatch")
+        bad = [(r, "checksum mismatch") for r in records if crc32(r.blob) != r.crc]
         if bad:
-            return None
+            return Damaged(bad)
         events = (
             decode_many(
                 [r.blob for r in records], [r.seq for r in records], records[0].log.namespace
@@ -418,28 +407,21 @@ class MemoryEventStore(EventStore):
         if events is not None:
             return events
         one_by_one = [decode_one(r.blob, r.seq, r.log.namespace) for r in records]
-        for record, event in zip(records, one_by_one, strict=True):
-            if event is None:
-                self._remove_corrupt(record, "does not deserialize")
-        if None in one_by_one:
-            return None
+        bad = [
+            (record, "does not deserialize")
+            for record, event in zip(records, one_by_one, strict=True)
+            if event is None
+        ]
+        if bad:
+            return Damaged(bad)
         return cast("list[Event]", one_by_one)
 
-    def _remove_corrupt(self, record: _Record, why: str) -> None:
-        # Not through cache.pop(): that reads the entry and would reorder the LRU.
-        with contextlib.suppress(KeyError):
-            del self._cache[record]
-        if record.log.remove(record):
-            self._evictions["corrupt"] += 1
-            log_corrupt(record.log.namespace, record.seq, why)
-
-    async def _cleanup_forever(self) -> None:
-        interval = self._options.cleanup_interval_seconds
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.cleanup()
-            except StoreUnavailableError:
-                return
-            except Exception:
-                store_logger.exception("memory store cleanup failed")
+    async def _repair(self, suspects: list[_Suspect]) -> None:
+        """Remove records that failed their checks; each is counted and logged once."""
+        for record, why in suspects:
+            # Not through cache.pop(): that reads the entry and would reorder the LRU.
+            with contextlib.suppress(KeyError):
+                del self._cache[record]
+            if record.log.remove(record):
+                self._evictions["corrupt"] += 1
+                log_corrupt(record.log.namespace, record.seq, why)

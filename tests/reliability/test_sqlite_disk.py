@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from lockerbus.errors import StoreUnavailableError
+from lockerbus.startup import StartupError
 from tests.cluster_support import wait_ready
 from tests.conftest import require
 from tests.reliability.conftest import record
@@ -119,9 +119,9 @@ async def test_read_only_disk_refuses_to_start_then_starts_once_writable(
     finally:
         await first.stop()
     mount("-o", "remount,ro", str(small_disk))
-    with pytest.raises(StoreUnavailableError) as refused:
+    with pytest.raises(StartupError) as refused:
         await start_server(store=f"sqlite:///{db}")
-    assert str(db) in refused.value.message
+    assert refused.value.setting == "store" and str(db) in refused.value.message
     assert await asyncio.to_thread(lambda: integrity(db, read_only=True)) == "ok"
     mount("-o", "remount,rw", str(small_disk))
     server = await server_factory(store=f"sqlite:///{db}")

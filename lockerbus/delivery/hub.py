@@ -1,0 +1,145 @@
+"""Who is connected where, and the synchronous broadcast to them.
+
+A broadcast encodes the event once and queues it for every recipient with no
+await, so events reach each connection in the order they were stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from ..events import NAMESPACES, Event
+from ..log import server_logger
+from ..metrics import Metrics
+from .connection import Connection
+
+
+class Sender(Protocol):
+    """The transport: encodes once, queues per socket, in call order (lockerbus.fanout)."""
+
+    def encode(self, namespace: str, name: str, payload: Any) -> Any: ...
+
+    def send(self, eio_sid: str, out: Any) -> bool: ...
+
+    def abort(self, eio_sid: str) -> bool: ...
+
+
+class Broadcaster(Protocol):
+    """Hands a stored event to its recipients: the Hub, or the cluster relay in front of it."""
+
+    def broadcast(self, event: Event, accepted_at: float) -> None: ...
+
+
+class Hub:
+    """Connections and rooms per namespace; :meth:`broadcast` never awaits."""
+
+    def __init__(self, sender: Sender, metrics: Metrics, max_pending: int) -> None:
+        self._sender = sender
+        self._metrics = metrics
+        self._max_pending = max_pending
+        self.connections: dict[str, dict[str, Connection]] = {ns: {} for ns in NAMESPACES}
+        self.rooms: dict[str, dict[str, dict[str, Connection]]] = {ns: {} for ns in NAMESPACES}
+        self.overflowed: list[Connection] = []
+        self._wake: asyncio.Event | None = None
+        self._per_principal: dict[str, int] = {}
+
+    def add(self, conn: Connection) -> None:
+        self.connections[conn.namespace][conn.sid] = conn
+        sub = conn.principal.sub
+        self._per_principal[sub] = self._per_principal.get(sub, 0) + 1
+        self._metrics.connections.labels(conn.namespace).set(len(self.connections[conn.namespace]))
+
+    def remove(self, conn: Connection) -> None:
+        if self.connections[conn.namespace].pop(conn.sid, None) is None:
+            return
+        conn.mark_gone()
+        sub = conn.principal.sub
+        left = self._per_principal.get(sub, 1) - 1
+        if left:
+            self._per_principal[sub] = left
+        else:
+            self._per_principal.pop(sub, None)
+        for room in list(conn.rooms):
+            self.leave(conn, room)
+        self._metrics.connections.labels(conn.namespace).set(len(self.connections[conn.namespace]))
+
+    def join(self, conn: Connection, room: str) -> None:
+        self.rooms[conn.namespace].setdefault(room, {})[conn.sid] = conn
+        conn.rooms.add(room)
+
+    def leave(self, conn: Connection, room: str) -> None:
+        members = self.rooms[conn.namespace].get(room)
+        if members is not None:
+            members.pop(conn.sid, None)
+            if not members:
+                del self.rooms[conn.namespace][room]
+        conn.rooms.discard(room)
+
+    def get(self, namespace: str, sid: str) -> Connection | None:
+        return self.connections.get(namespace, {}).get(sid)
+
+    def principal_count(self, sub: str) -> int:
+        """Connections ``sub`` holds on this instance, every namespace together."""
+        return self._per_principal.get(sub, 0)
+
+    def counts(self) -> dict[str, int]:
+        """Open connections per namespace."""
+        return {ns: len(conns) for ns, conns in self.connections.items()}
+
+    def broadcast(self, event: Event, accepted_at: float) -> None:
+        """Queue ``event`` for its room, or the whole namespace when the room is empty."""
+        namespace, room = event["namespace"], event["room"]
+        members = self.rooms[namespace].get(room)
+        if members:
+            recipients = members.values()
+        else:
+            recipients = self.connections[namespace].values()
+            if recipients:
+                self._metrics.fallbacks.labels(namespace).inc()
+        pkt = self._sender.encode(namespace, event["type"], event)
+        seq = event["seq"]
+        for conn in recipients:
+            if conn.replaying:
+                conn.pending.append(event)
+                if len(conn.pending) > self._max_pending:
+                    self._overflow(conn)
+            elif seq <= conn.last_seq:
+                continue  # already sent, or covered by its replay (an instance can lag its store)
+            elif self._sender.send(conn.eio_sid, pkt):
+                conn.last_seq = seq
+            else:
+                self._overflow(conn)
+        self._metrics.observe_broadcast(time.perf_counter() - accepted_at)
+
+    def send(self, conn: Connection, name: str, payload: Any) -> None:
+        """Queue one event for one connection."""
+        if not self._sender.send(conn.eio_sid, self._sender.encode(conn.namespace, name, payload)):
+            self._overflow(conn)
+
+    def _overflow(self, conn: Connection) -> None:
+        """A connection that cannot keep up is dropped; it can reconnect and replay."""
+        if conn not in self.overflowed:
+            self.overflowed.append(conn)
+            if self._wake is not None:
+                self._wake.set()
+
+    async def reap_overflowed(self, disconnect: Callable[[Connection], Awaitable[None]]) -> None:
+        """Background task: disconnect slow consumers outside the broadcast path."""
+        self._wake = asyncio.Event()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            dropped, self.overflowed = self.overflowed, []
+            for conn in dropped:
+                server_logger.warning(
+                    "slow consumer dropped sid=%s namespace=%s sub=%s",
+                    conn.sid,
+                    conn.namespace,
+                    conn.principal.sub,
+                )
+                await disconnect(conn)
+                # its Engine.IO writer may be stuck on the socket: free it too
+                self._sender.abort(conn.eio_sid)

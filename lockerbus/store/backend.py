@@ -1,0 +1,171 @@
+"""What every store backend shares: the lifecycle, the cleanup loop, the repair loop.
+
+A backend supplies only its I/O (:meth:`BaseEventStore._open`,
+:meth:`~BaseEventStore._release`, :meth:`~BaseEventStore._repair` and the
+reads and writes of :class:`~lockerbus.store.base.EventStore`); the state
+machine and the two loops live here once, so the backends cannot drift apart.
+
+Lifecycle: ``new`` -> ``starting`` -> ``open`` -> ``closed``.  ``start()`` on
+an open store returns at once, and a ``start()`` while another runs waits for
+that one's outcome.  A failed start leaves the store ``new`` (the backend
+released what it had opened), so it may be started again.  ``close()`` is
+idempotent; called while a start runs, it waits for it and then releases
+what it opened, and that ``start()`` raises StoreUnavailableError.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ClassVar, Generic, Literal, Self, TypeVar
+
+from ..errors import StoreUnavailableError
+from ..log import store_logger
+from .base import ReplayResult, StoreOptions
+
+S = TypeVar("S")
+
+State = Literal["new", "starting", "open", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Damaged(Generic[S]):
+    """A read met records that failed their checks: ``suspects`` names them (by the
+    backend's own key).  With no suspects the read only needs to run again."""
+
+    suspects: list[S]
+
+
+class BaseEventStore(abc.ABC, Generic[S]):
+    """The skeleton of a store; ``S`` is how the backend names a suspect record."""
+
+    #: Reads that meet corrupt records have them removed and read again, at most
+    #: this often: more rounds mean records that fail for the reader but pass
+    #: for whatever removes them, and the caller gets StoreUnavailableError.
+    repair_attempts: ClassVar[int] = 5
+
+    def __init__(
+        self, name: str, options: StoreOptions | None, clock: Callable[[], float] | None
+    ) -> None:
+        self._options = options = options or StoreOptions()
+        if options.max_events < 1:
+            raise ValueError("max_events must be at least 1")
+        self._name = name
+        self._clock = clock or time.time
+        self._state: State = "new"
+        self._opening: asyncio.Future[None] | None = None
+        self._cleaner: asyncio.Task[None] | None = None
+        self.epoch = ""
+
+    # -- what a backend supplies ----------------------------------------------
+
+    @abc.abstractmethod
+    async def _open(self) -> None:
+        """Open the backend and set ``epoch``; on failure release what was opened, then raise."""
+
+    @abc.abstractmethod
+    async def _release(self) -> None:
+        """Release the backend (whatever of it is open); called once, by close()."""
+
+    @abc.abstractmethod
+    async def _repair(self, suspects: list[S]) -> None:
+        """Remove the records a read found failing their checks (and log and count them)."""
+
+    @abc.abstractmethod
+    async def cleanup(self) -> int:
+        """Remove expired and corrupt records now; returns how many."""
+
+    # -- lifecycle --------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """Where the store is in its lifecycle (read anew, never narrowed across an await)."""
+        return self._state
+
+    async def start(self) -> None:
+        """Open the backend and start the periodic cleanup; returns at once when open."""
+        while self._opening is not None:  # another start() is under way: share its outcome
+            await asyncio.shield(self._opening)
+        if self._state == "open":
+            return
+        if self._state == "closed":
+            raise StoreUnavailableError(f"{self._name} is closed")
+        self._state = "starting"
+        self._opening = opening = asyncio.get_running_loop().create_future()
+        try:
+            await self._open()
+        except BaseException:
+            if self._state == "starting":
+                self._state = "new"
+            raise
+        finally:
+            self._opening = None
+            opening.set_result(None)
+        if self.state == "closed":  # close() came meanwhile; it releases what _open opened
+            raise StoreUnavailableError(f"{self._name} was closed while starting")
+        self._state = "open"
+        self._cleaner = asyncio.create_task(self._cleanup_forever(), name="lockerbus-cleanup")
+
+    async def close(self) -> None:
+        """Stop the cleanup loop and release the backend. Idempotent."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        if self._opening is not None:
+            await asyncio.shield(self._opening)
+        cleaner, self._cleaner = self._cleaner, None
+        if cleaner is not None:
+            cleaner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cleaner
+        await self._release()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _require_open(self) -> None:
+        """Raise StoreUnavailableError unless the store serves now."""
+        if self._state != "open":
+            state = "closed" if self._state == "closed" else "not started"
+            raise StoreUnavailableError(f"{self._name} is {state}")
+
+    # -- the two loops ----------------------------------------------------------
+
+    async def _cleanup_forever(self) -> None:
+        """Run cleanup() every interval until closed; a failed pass is logged, not fatal."""
+        interval = self._options.cleanup_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.cleanup()
+            except StoreUnavailableError as exc:
+                if self._state != "open":
+                    return
+                store_logger.warning("%s: cleanup failed: %s", self._name, exc.message)
+            except Exception:
+                store_logger.exception("%s: cleanup failed", self._name)
+
+    async def _read_repairing(
+        self, read: Callable[[], Awaitable[ReplayResult | Damaged[S]]]
+    ) -> ReplayResult:
+        """Run ``read``; when it meets corrupt records, have them removed and read again,
+        so the answer reflects the hole they leave."""
+        suspects: list[S] = []
+        for _attempt in range(self.repair_attempts):
+            outcome = await read()
+            if isinstance(outcome, ReplayResult):
+                return outcome
+            suspects = outcome.suspects
+            if suspects:
+                await self._repair(suspects)
+        raise StoreUnavailableError(
+            f"{self._name}: reads keep failing their checks (last: {len(suspects)} records)"
+        )

@@ -1,0 +1,147 @@
+"""The Redis store's appends: queued, and sent in order over one pipeline per batch.
+
+Appends queued while the previous batch was out go to Redis together, one
+APPEND script call each, so they are numbered and resolved in call order.  An
+append whose epoch Redis no longer has (Redis lost its data meanwhile) is
+encoded again under the new epoch and sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from ..errors import StoreUnavailableError
+from ..events import Event
+from .base import StoreOptions
+from .codec import encode, new_epoch
+from .redis_link import RedisLink
+
+_MAX_BATCH: Final = 256
+_EPOCH_ROUNDS: Final = 3
+
+
+@dataclass(slots=True)
+class _Append:
+    event: Event
+    namespace: str
+    at: float
+    ttl: float
+    epoch: str
+    body: bytes
+    future: asyncio.Future[Event]
+
+
+def body(event: Event, epoch: str) -> bytes:
+    """The stored form without ``seq``: the APPEND script puts the seq in front."""
+    unnumbered = {**event, "epoch": epoch}
+    unnumbered.pop("seq", None)
+    return encode(unnumbered)
+
+
+class RedisWriter:
+    """The queue of appends and the task that sends them."""
+
+    def __init__(
+        self,
+        link: RedisLink,
+        options: StoreOptions,
+        clock: Callable[[], float],
+        epoch: Callable[[], str],
+        learn: Callable[[bytes | str], str],
+    ) -> None:
+        self._link = link
+        self._options = options
+        self._clock = clock
+        self._epoch = epoch
+        self._learn = learn
+        self._queue: asyncio.Queue[_Append] = asyncio.Queue()
+        self._task = asyncio.create_task(self._write_forever(), name="lockerbus-redis-writer")
+
+    async def append(self, event: Event, namespace: str, at: float, ttl: float) -> Event:
+        """Queue ``event`` and wait until Redis numbered and stored it."""
+        epoch = self._epoch()
+        encoded = body(event, epoch)  # here: a TypeError reaches the caller, no seq spent
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Append(event, namespace, at, ttl, epoch, encoded, future))
+        return await future
+
+    async def stop(self) -> None:
+        """Stop sending; appends still queued fail as unavailable."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(StoreUnavailableError(f"{self._link.name} is closed"))
+
+    async def _write_forever(self) -> None:
+        queue = self._queue
+        while True:
+            jobs = [await queue.get()]
+            while len(jobs) < _MAX_BATCH and not queue.empty():
+                jobs.append(queue.get_nowait())
+            retry: list[_Append] = []
+            try:
+                for _attempt in range(_EPOCH_ROUNDS):
+                    retry = await self._append_batch(jobs)
+                    if not retry:
+                        break
+                    jobs = retry  # the epoch changed under them: encoded again, sent again
+                else:
+                    error = StoreUnavailableError(f"{self._link.name}: the epoch keeps changing")
+                    for job in retry:
+                        if not job.future.done():
+                            job.future.set_exception(error)
+            except StoreUnavailableError as exc:
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+
+    async def _append_batch(self, jobs: list[_Append]) -> list[_Append]:
+        """Send ``jobs`` in one pipeline; settle them in order; return those to send again."""
+        link = self._link
+        script = link.script("APPEND")
+        async with link.client.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                current = self._epoch()
+                if job.epoch != current:
+                    job.epoch = current
+                    job.body = body(job.event, current)
+                now = self._clock()
+                await script(
+                    args=[
+                        link.prefix,
+                        job.namespace,
+                        job.body,
+                        f"{zlib.crc32(job.body):08x}",
+                        repr(job.at),
+                        repr(now + job.ttl),
+                        repr(now),
+                        self._options.max_events,
+                        job.epoch,
+                        new_epoch(),
+                        link.channel,
+                    ],
+                    client=pipe,
+                )
+            results = await link.call(pipe.execute(raise_on_error=False))
+        retry: list[_Append] = []
+        for job, result in zip(jobs, results, strict=True):
+            if job.future.done():
+                continue  # the caller was cancelled; the event stands (see base)
+            if isinstance(result, Exception):
+                job.future.set_exception(link.unavailable(result))
+                continue
+            seq, current_epoch = result
+            self._learn(current_epoch)
+            if seq:
+                job.future.set_result({**job.event, "seq": int(seq), "epoch": job.epoch})
+            else:
+                retry.append(job)
+        return retry

@@ -1,0 +1,155 @@
+"""The SQLite store's file: its schema, and the small SQL steps writer and readers share.
+
+Seq counters live in the ``namespaces`` table and are read and advanced inside
+the same transaction as the rows they number, so a crash, a failed commit or a
+second process writing the same file can never reuse or skip a seq.  The epoch
+is written once, when the file is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from typing import Final
+from urllib.parse import quote
+
+from ..errors import StoreUnavailableError
+from .codec import checksum, decode_one, new_epoch
+
+SCHEMA_VERSION: Final = "1"
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS namespaces (
+    namespace TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,  -- append order across namespaces: capacity evicts lowest first
+    namespace TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL,        -- the event's timestamp, POSIX seconds, for since
+    expires REAL NOT NULL,   -- store clock, POSIX seconds
+    crc INTEGER NOT NULL,    -- CRC-32 of body
+    body BLOB NOT NULL,      -- the stored event as compact JSON
+    UNIQUE (namespace, seq)
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (namespace, ts);
+INSERT OR IGNORE INTO counters (name, value)
+    VALUES ('events', 0), ('ttl', 0), ('capacity', 0), ('corrupt', 0);
+"""
+
+INSERT_EVENT: Final = (
+    "INSERT INTO events (namespace, seq, ts, expires, crc, body) VALUES (?, ?, ?, ?, ?, ?)"
+)
+UPSERT_LAST: Final = (
+    "INSERT INTO namespaces (namespace, last_seq) VALUES (?, ?) "
+    "ON CONFLICT (namespace) DO UPDATE SET last_seq = excluded.last_seq"
+)
+LAST_SEQ: Final = "SELECT last_seq FROM namespaces WHERE namespace = ?"
+
+
+def connect(path: str, busy_timeout: float, *, create: bool = True) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), usable from one
+    thread at a time though not necessarily the one that made it.
+
+    ``create=False`` (the readers) never makes a file: a reader opening after the
+    file was removed must fail, not leave an empty database in its place.
+    """
+    target = path if create else f"file:{quote(os.path.abspath(path))}?mode=rw"
+    return sqlite3.connect(
+        target,
+        timeout=busy_timeout,
+        isolation_level=None,
+        check_same_thread=False,
+        uri=not create,
+    )
+
+
+def unavailable(exc: BaseException, path: str) -> StoreUnavailableError:
+    """The error callers see for ``exc``."""
+    if isinstance(exc, StoreUnavailableError):
+        return exc
+    return StoreUnavailableError(f"sqlite store {path}: {exc}")
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Undo the open transaction, if any; a failure to is not worth another error."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction: committed when the block ends, rolled back when it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+
+
+def bump(conn: sqlite3.Connection, name: str, delta: int) -> None:
+    """Add ``delta`` to a counter (the event count, or evictions by reason)."""
+    if delta:
+        conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (delta, name))
+
+
+def last_seq(conn: sqlite3.Connection, namespace: str) -> int:
+    """The latest seq assigned in ``namespace`` (0 when none)."""
+    row = conn.execute(LAST_SEQ, (namespace,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def create_or_open(conn: sqlite3.Connection, path: str) -> str:
+    """Put the file in WAL mode, create or check its schema; returns its epoch."""
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StoreUnavailableError(f"sqlite store {path}: WAL mode refused ({mode})")
+    conn.execute("PRAGMA synchronous = FULL")
+    with transaction(conn):
+        for statement in (s.strip() for s in _SCHEMA.split(";")):
+            if statement:
+                conn.execute(statement)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise StoreUnavailableError(
+                f"sqlite store {path}: schema {row[0]} is not {SCHEMA_VERSION}"
+            )
+        row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        epoch = str(row[0]) if row else new_epoch()
+        if row is None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
+    return epoch
+
+
+def evict_capacity(conn: sqlite3.Connection, max_events: int) -> int:
+    """Inside a transaction: delete the oldest rows over ``max_events``; returns how many."""
+    total = conn.execute("SELECT value FROM counters WHERE name = 'events'").fetchone()[0]
+    excess = total - max_events
+    if excess <= 0:
+        return 0
+    removed = conn.execute(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
+        (excess,),
+    ).rowcount
+    bump(conn, "events", -removed)
+    bump(conn, "capacity", removed)
+    return int(removed)
+
+
+def fault(crc: int, body: bytes, seq: int, namespace: str) -> str | None:
+    """Why a stored row is not the event it claims to be, or None when it is."""
+    if not isinstance(body, bytes) or checksum(body) != crc:
+        return "checksum mismatch"
+    if decode_one(body, seq, namespace) is None:
+        return "does not deserialize"
+    return None

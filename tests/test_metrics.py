@@ -1,0 +1,74 @@
+"""/metrics: every series from the start, the default collectors, build info,
+a separate metrics port, and promtool's own check of the exposition."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from lockerbus import __version__
+from lockerbus.events import NAMESPACES
+from tests.conftest import require_binary
+from tests.support import connect, free_port, locker_event
+
+
+async def scrape(http, url: str) -> str:  # type: ignore[no-untyped-def]
+    async with http.get(f"{url}/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        return await resp.text()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+async def test_every_connection_series_exists_before_anyone_connects(server, http) -> None:
+    found = samples(await scrape(http, server.url))
+    for namespace in NAMESPACES:
+        assert found[("lockerbus_connections", (("namespace", namespace),))] == 0
+    assert found[("lockerbus_build_info", (("version", __version__),))] == 1
+
+
+async def test_process_platform_and_gc_collectors_are_there(server, http) -> None:
+    names = {name for name, _ in samples(await scrape(http, server.url))}
+    assert "process_resident_memory_bytes" in names
+    assert "process_open_fds" in names
+    assert any(name.startswith("python_gc_") for name in names)
+    assert "python_info" in names
+
+
+async def test_separate_metrics_port_serves_metrics_only(server_factory, http) -> None:
+    port = free_port()
+    server = await server_factory(metrics_port=port)
+    text = await scrape(http, f"http://127.0.0.1:{port}")
+    assert "lockerbus_build_info" in text
+    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+        assert resp.status == 404
+    # the main port keeps /metrics too
+    assert "lockerbus_build_info" in await scrape(http, server.url)
+
+
+async def test_promtool_accepts_the_exposition(server, http) -> None:
+    promtool = require_binary("promtool")
+    client = await connect(server, "/ws/lockers", role="kiosk", sub="kiosk-1")
+    status, _ = await server.post_event(http, locker_event(1))
+    assert status == 201
+    await client.sio.disconnect()
+    text = await scrape(http, server.url)
+    assert "lockerbus_events_published_total" in text
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
