@@ -3,7 +3,7 @@
 The rest of lockerbus uses these libraries through their public API and the
 small hooks defined here.  Each private name is listed in :data:`INTERNALS`;
 ``tests/test_sio_adapter.py`` checks every one against the installed versions
-and fails naming the symbol when an upgrade removes or changes one.  setup.cfg
+and fails naming the symbol when an upgrade removes or changes one.  pyproject.toml
 caps the versions (python-socketio <6, python-engineio <5) so that happens in a
 deliberate upgrade, not in a routine install.
 """
