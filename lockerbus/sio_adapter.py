@@ -3,7 +3,7 @@
 The rest of lockerbus uses these libraries through their public API and the
 small hooks defined here.  Each private name is listed in :data:`INTERNALS`;
 ``tests/test_sio_adapter.py`` checks every one against the installed versions
-and fails naming the symbol when an upgrade removes or changes one.  setup.cfg
+and fails naming the symbol when an upgrade removes or changes one.  pyproject.toml
 caps the versions (python-socketio <6, python-engineio <5) so that happens in a
 deliberate upgrade, not in a routine install.
 """
@@ -21,6 +21,7 @@ from typing import Any, Final
 import engineio
 import socketio
 from engineio.async_drivers import aiohttp as eio_aiohttp
+from engineio.base_socket import BaseSocket
 
 from .log import server_logger
 from .redisconn import where
@@ -114,6 +115,7 @@ INTERNALS: Final = (
     Internal(
         "engineio.async_drivers.aiohttp.WebSocket._sock", eio_aiohttp.WebSocket, "_sock", "assigned"
     ),
+    Internal("engineio.base_socket.BaseSocket.queue", BaseSocket, "queue", "assigned"),
     Internal("asyncio.Queue._queue", asyncio.Queue, "_queue", "assigned", "_init"),
     Internal("asyncio.Queue._getters", asyncio.Queue, "_getters", "assigned"),
 )
@@ -329,6 +331,22 @@ def writer_idle(queue: asyncio.Queue[Any]) -> bool:
     return not queue._queue and bool(queue._getters)  # type: ignore[attr-defined]
 
 
+def drop_unsent(eio: Any) -> int:
+    """Drop what waits in every Engine.IO socket's send queue; the number dropped.
+
+    ``eio.disconnect()`` waits until each socket's queue is taken, which a
+    long-polling client that never polls again never does.
+    """
+    dropped = 0
+    for socket in list(eio.sockets.values()):
+        queue = socket.queue
+        while not queue.empty():
+            queue.get_nowait()
+            queue.task_done()
+            dropped += 1
+    return dropped
+
+
 def track_websockets(eio: Any, transports: weakref.WeakKeyDictionary[Any, Any]) -> None:
     """Remember the TCP transport under each websocket Engine.IO socket.
 
@@ -381,6 +399,7 @@ __all__ = [
     "HookedAsyncServer",
     "HookedRedisManager",
     "check_internals",
+    "drop_unsent",
     "fast_path_available",
     "track_websockets",
     "writer_idle",
