@@ -89,7 +89,11 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     store = store or open_store(settings.store, store_options(settings))
     projection = Projection()
     tasks = Background()
-    cluster = _Cluster(settings.message_queue, settings.store) if settings.message_queue else None
+    cluster = (
+        _Cluster(settings.message_queue, settings.store, metrics)
+        if settings.message_queue
+        else None
+    )
     sio = LockerbusServer(
         settings, tasks, client_manager=cluster.manager if cluster is not None else None
     )
@@ -185,21 +189,29 @@ class _Cluster:
     each publish.  Imported here only: presence and the manager need redis.
     """
 
-    def __init__(self, message_queue: str, store_url: str) -> None:
+    def __init__(self, message_queue: str, store_url: str, metrics: Metrics) -> None:
         from .cluster import ChannelInbox, ClusterRedisManager
         from .presence import Presence
         from .redisconn import events_channel
 
         self.inbox: ChannelInbox = ChannelInbox()
         self.manager: ClusterRedisManager = ClusterRedisManager(
-            message_queue, channel=events_channel(store_url), inbox=self.inbox
+            message_queue, channel=events_channel(store_url), inbox=self.inbox, metrics=metrics
         )
+        self.metrics = metrics
         self.presence: Presence = Presence(store_url)
 
     def relay(self, hub: Hub, store: EventStore, resync: Callable[[str], None]) -> ClusterRelay:
         from .cluster import ClusterRelay
 
-        return ClusterRelay(hub, store, resync=resync, inbox=self.inbox, listener=self.manager)
+        return ClusterRelay(
+            hub,
+            store,
+            resync=resync,
+            inbox=self.inbox,
+            listener=self.manager,
+            metrics=self.metrics,
+        )
 
 
 Context = Callable[[web.Application], AsyncIterator[None]]

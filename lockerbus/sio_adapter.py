@@ -254,6 +254,7 @@ class HookedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                 if failure != self.failure:
                     server_logger.error("cluster: %s; subscribing again", failure)
                 self.failure = failure
+                self.subscription_lost(failure)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
@@ -285,6 +286,9 @@ class HookedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                 yield message
         finally:
             await _close_quietly(pubsub)
+
+    def subscription_lost(self, failure: str) -> None:
+        """The subscription failed (or could not be made); it is made again shortly."""
 
     def problem(self) -> str | None:
         """Why this instance cannot hear the channel now, or None."""

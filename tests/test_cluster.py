@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from tests.cluster_support import wait_ready
+from tests.metrics_support import samples, scrape
 from tests.processes import ServerProcess
 from tests.redis_support import RedisServer
 from tests.support import connect, locker_event, start_server
@@ -264,6 +265,8 @@ async def test_listener_resubscribes_after_its_connection_is_killed(
     relay_before, relay_after = before["cluster"]["relay"], after["cluster"]["relay"]
     assert relay_after["filled_from_store"] == relay_before["filled_from_store"]
     assert live_seqs(watcher) == [event["seq"], second["seq"]]
+    found = samples(await scrape(http, b.url))
+    assert found[("lockerbus_relay_errors_total", (("kind", "pubsub"),))] >= 1
 
 
 async def test_a_dead_listener_is_noticed_and_restarted(redis_server) -> None:
@@ -283,6 +286,7 @@ async def test_a_dead_listener_is_noticed_and_restarted(redis_server) -> None:
         await watcher.wait_for(lambda: event["seq"] in live_seqs(watcher), timeout=15)
         assert live_seqs(watcher) == [event["seq"]]
         await watcher.wait_for(lambda: relay.restarts >= 1 and manager.alive(), timeout=15)
+        assert relay.filled >= 1, "the event the dead listener missed came from the store"
         second = await a.app[_bus_key()].emit_locker_state_changed("L1", "open", "closed", "k-1")
         await watcher.wait_for(lambda: second["seq"] in live_seqs(watcher), timeout=5)
         assert live_seqs(watcher) == [event["seq"], second["seq"]]

@@ -78,7 +78,8 @@ class CatchUp:
         # From here to the end: no await, so no live event can slip in between.
         for event in events:
             self._hub.send(conn, event["type"], {**event, "replayed": True})
-        self._metrics.replayed.inc(len(events))
+        if request.mode != "none":
+            self._metrics.replay("connect", len(events))
         self._hub.send(
             conn,
             "replay_complete",
@@ -127,7 +128,7 @@ class CatchUp:
             missed = [e for e in page.events if e["seq"] > conn.last_seq and e["room"] == room]
             for event in missed:
                 self._hub.send(conn, event["type"], {**event, "replayed": True})
-            self._metrics.replayed.inc(len(missed))
+            self._metrics.replay("subscribe", len(missed))
             self.go_live(conn, page.last_seq if not page.has_more else page.events[-1]["seq"])
 
     def resync(self, namespace: str) -> None:
