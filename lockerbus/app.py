@@ -2,7 +2,7 @@
 constructor, and opens and closes the resources in order.
 
 One aiohttp cleanup context per resource (store -> projection -> presence ->
-relay -> sockets): when one fails to start, aiohttp runs the cleanup of those
+command claims -> relay -> sockets): when one fails to start, aiohttp runs the cleanup of those
 already started, so nothing is left open.
 """
 
@@ -35,6 +35,7 @@ from .store import EventStore, StoreOptions, open_store
 
 if TYPE_CHECKING:  # cluster mode only: presence needs redis, an optional extra
     from .cluster import ChannelInbox, ClusterRedisManager, ClusterRelay
+    from .command_claims import RedisCommandClaims
     from .presence import Presence
 
 SETTINGS: Final = web.AppKey("settings", Settings)
@@ -121,6 +122,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         bus,
         SocketKioskLink(sio, hub, presence),
         timeout_seconds=settings.command_timeout_seconds,
+        claims=cluster.claims if cluster is not None else None,
     )
     verifier = TokenVerifier(secret, settings.previous_secrets)
     limits = RoleLimits(settings.role_rate_limits())  # per principal, sockets and HTTP
@@ -162,6 +164,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
             _store_context(store),
             _projection_context(projection, store),
             _presence_context(presence, hub),
+            _claims_context(cluster.claims if cluster is not None else None),
             _relay_context(relay, sio),
             _sockets_context(sockets, store, settings),
         ]
@@ -191,6 +194,7 @@ class _Cluster:
 
     def __init__(self, message_queue: str, store_url: str, metrics: Metrics) -> None:
         from .cluster import ChannelInbox, ClusterRedisManager
+        from .command_claims import RedisCommandClaims
         from .presence import Presence
         from .redisconn import events_channel
 
@@ -200,6 +204,7 @@ class _Cluster:
         )
         self.metrics = metrics
         self.presence: Presence = Presence(store_url)
+        self.claims: RedisCommandClaims = RedisCommandClaims(store_url)
 
     def relay(self, hub: Hub, store: EventStore, resync: Callable[[str], None]) -> ClusterRelay:
         from .cluster import ClusterRelay
@@ -249,6 +254,15 @@ def _presence_context(presence: Presence | None, hub: Hub) -> Context:
         finally:
             await tasks.close()
             await presence.close()
+
+    return context
+
+
+def _claims_context(claims: RedisCommandClaims | None) -> Context:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        yield
+        if claims is not None:
+            await claims.close()
 
     return context
 
