@@ -218,7 +218,14 @@ class HookedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         self.failure: str | None = NOT_SUBSCRIBED
         self._where = where(url)
         self._internals = tested("python-socketio", TESTED_SOCKETIO) and all(
-            hasattr(self, name) for name in ("_thread", "_publish", "_listen")
+            hasattr(self, name)
+            for name in (
+                "_thread",
+                "_publish",
+                "_listen",
+                "_redis_listen_with_retries",
+                "_redis_connect",
+            )
         )
         if not self._internals:
             server_logger.warning(
@@ -294,7 +301,8 @@ class HookedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         """Why this instance cannot hear the channel now, or None."""
         if not self.alive():
             return "pub/sub listener stopped"
-        return self.failure
+        # an untested python-socketio may not run the loop above: then nothing is known
+        return self.failure if self._internals else None
 
     def alive(self) -> bool:
         """Whether the listener task is still running."""
