@@ -6,8 +6,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 
+import pytest
+
 from lockerbus import __version__
 from lockerbus.events import NAMESPACES
+from lockerbus.metrics import RELAY_ERRORS
+from tests.cluster_support import wait_ready
 from tests.conftest import require_binary
 from tests.metrics_support import samples, scrape
 from tests.support import connect, free_port, locker_event
@@ -39,14 +43,8 @@ async def test_separate_metrics_port_serves_metrics_only(server_factory, http) -
     assert "lockerbus_build_info" in await scrape(http, server.url)
 
 
-async def test_promtool_accepts_the_exposition(server, http) -> None:
+async def promtool_check(text: str) -> None:
     promtool = require_binary("promtool")
-    client = await connect(server, "/ws/lockers", role="kiosk", sub="kiosk-1")
-    status, _ = await server.post_event(http, locker_event(1))
-    assert status == 201
-    await client.sio.disconnect()
-    text = await scrape(http, server.url)
-    assert "lockerbus_events_published_total" in text
     result = await asyncio.to_thread(
         subprocess.run,
         [promtool, "check", "metrics"],
@@ -56,6 +54,34 @@ async def test_promtool_accepts_the_exposition(server, http) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_promtool_accepts_the_exposition(server, http) -> None:
+    require_binary("promtool")
+    client = await connect(server, "/ws/lockers", role="kiosk", sub="kiosk-1")
+    status, _ = await server.post_event(http, locker_event(1))
+    assert status == 201
+    await client.sio.disconnect()
+    text = await scrape(http, server.url)
+    assert "lockerbus_events_published_total" in text
+    await promtool_check(text)
+
+
+@pytest.mark.needs_redis
+async def test_a_cluster_instance_has_every_relay_series_and_promtool_accepts_it(
+    redis_server, server_factory, http
+) -> None:
+    require_binary("promtool")
+    url = redis_server.url
+    server = await server_factory(store=url, message_queue=url)
+    await wait_ready(http, server)  # subscribed: nothing has gone wrong yet
+    text = await scrape(http, server.url)
+    found = samples(text)
+    for kind in RELAY_ERRORS:
+        assert found[("lockerbus_relay_errors_total", (("kind", kind),))] == 0
+    assert found[("lockerbus_relay_filled_events_total", ())] == 0
+    assert found[("lockerbus_relay_lag_seconds", ())] == 0
+    await promtool_check(text)
 
 
 async def test_replay_sizes_are_a_histogram_per_kind(server, http) -> None:
