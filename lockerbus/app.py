@@ -2,7 +2,7 @@
 constructor, and opens and closes the resources in order.
 
 One aiohttp cleanup context per resource (store -> projection -> presence ->
-relay -> sockets): when one fails to start, aiohttp runs the cleanup of those
+command claims -> relay -> sockets): when one fails to start, aiohttp runs the cleanup of those
 already started, so nothing is left open.
 """
 
@@ -35,6 +35,7 @@ from .store import EventStore, StoreOptions, open_store
 
 if TYPE_CHECKING:  # cluster mode only: presence needs redis, an optional extra
     from .cluster import ChannelInbox, ClusterRedisManager, ClusterRelay
+    from .command_claims import RedisCommandClaims
     from .presence import Presence
 
 SETTINGS: Final = web.AppKey("settings", Settings)
@@ -89,7 +90,11 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     store = store or open_store(settings.store, store_options(settings))
     projection = Projection()
     tasks = Background()
-    cluster = _Cluster(settings.message_queue, settings.store) if settings.message_queue else None
+    cluster = (
+        _Cluster(settings.message_queue, settings.store, metrics)
+        if settings.message_queue
+        else None
+    )
     sio = LockerbusServer(
         settings, tasks, client_manager=cluster.manager if cluster is not None else None
     )
@@ -117,6 +122,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         bus,
         SocketKioskLink(sio, hub, presence),
         timeout_seconds=settings.command_timeout_seconds,
+        claims=cluster.claims if cluster is not None else None,
     )
     verifier = TokenVerifier(secret, settings.previous_secrets)
     limits = RoleLimits(settings.role_rate_limits())  # per principal, sockets and HTTP
@@ -136,6 +142,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         limits=limits,
         max_event_bytes=settings.max_event_bytes,
         stats=stats,
+        problem=relay.problem if relay is not None else None,
     ).add_routes(app)
     BoardRoutes(
         verifier=verifier,
@@ -157,6 +164,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
             _store_context(store),
             _projection_context(projection, store),
             _presence_context(presence, hub),
+            _claims_context(cluster.claims if cluster is not None else None),
             _relay_context(relay, sio),
             _sockets_context(sockets, store, settings),
         ]
@@ -184,21 +192,31 @@ class _Cluster:
     each publish.  Imported here only: presence and the manager need redis.
     """
 
-    def __init__(self, message_queue: str, store_url: str) -> None:
+    def __init__(self, message_queue: str, store_url: str, metrics: Metrics) -> None:
         from .cluster import ChannelInbox, ClusterRedisManager
+        from .command_claims import RedisCommandClaims
         from .presence import Presence
         from .redisconn import events_channel
 
         self.inbox: ChannelInbox = ChannelInbox()
         self.manager: ClusterRedisManager = ClusterRedisManager(
-            message_queue, channel=events_channel(store_url), inbox=self.inbox
+            message_queue, channel=events_channel(store_url), inbox=self.inbox, metrics=metrics
         )
+        self.metrics = metrics
         self.presence: Presence = Presence(store_url)
+        self.claims: RedisCommandClaims = RedisCommandClaims(store_url)
 
     def relay(self, hub: Hub, store: EventStore, resync: Callable[[str], None]) -> ClusterRelay:
         from .cluster import ClusterRelay
 
-        return ClusterRelay(hub, store, resync=resync, inbox=self.inbox, listener=self.manager)
+        return ClusterRelay(
+            hub,
+            store,
+            resync=resync,
+            inbox=self.inbox,
+            listener=self.manager,
+            metrics=self.metrics,
+        )
 
 
 Context = Callable[[web.Application], AsyncIterator[None]]
@@ -236,6 +254,15 @@ def _presence_context(presence: Presence | None, hub: Hub) -> Context:
         finally:
             await tasks.close()
             await presence.close()
+
+    return context
+
+
+def _claims_context(claims: RedisCommandClaims | None) -> Context:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        yield
+        if claims is not None:
+            await claims.close()
 
     return context
 

@@ -183,12 +183,6 @@ def _parse_optional_str(key: str, value: Any) -> str | None:
     return text or None
 
 
-def _parse_optional_port(key: str, value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    return _parse_int(key, value)
-
-
 def _parse_optional_float(key: str, value: Any) -> float | None:
     if isinstance(value, str) and not value.strip():
         return None
@@ -196,19 +190,13 @@ def _parse_optional_float(key: str, value: Any) -> float | None:
 
 
 def _parse_optional_int(key: str, value: Any) -> int | None:
-    if isinstance(value, str) and not value.strip():
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
     return _parse_int(key, value)
 
 
 def _parse_secrets(key: str, value: Any) -> tuple[str, ...]:
-    items: list[Any]
-    if isinstance(value, str):
-        items = [part.strip() for part in value.split(",") if part.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise ConfigError(key, "expected a comma-separated list of secrets")
+    items = _comma_list(key, value, "secrets")
     for item in items:
         if not isinstance(item, str) or len(item.encode()) < MIN_SECRET_BYTES:
             raise ConfigError(
@@ -217,14 +205,17 @@ def _parse_secrets(key: str, value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _parse_origins(key: str, value: Any) -> tuple[str, ...] | None:
-    items: list[Any]
+def _comma_list(key: str, value: Any, what: str) -> list[Any]:
+    """A list from TOML, or from a comma-separated string (env, flag)."""
     if isinstance(value, str):
-        items = [part.strip() for part in value.split(",") if part.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise ConfigError(key, f"expected a comma-separated list of origins, got {value!r}")
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise ConfigError(key, f"expected a comma-separated list of {what}, got {value!r}")
+
+
+def _parse_origins(key: str, value: Any) -> tuple[str, ...] | None:
+    items = _comma_list(key, value, "origins")
     if not items:
         return None
     for item in items:
@@ -268,7 +259,7 @@ _PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "store_wait_seconds": _parse_float,
     "log_format": lambda key, value: _parse_str(key, value).lower(),
     "access_log": _parse_bool,
-    "metrics_port": _parse_optional_port,
+    "metrics_port": _parse_optional_int,
 }
 
 SETTING_NAMES: Final = tuple(_PARSERS)

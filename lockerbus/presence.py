@@ -37,7 +37,7 @@ class Presence:
         plain_url, prefix = split_url(url)
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self._prefix = prefix
-        self._redis = connect(plain_url)
+        self._redis = connect(plain_url, retry=False)  # bounded: a partition fails fast
         self._own: dict[str, str] = {}  # sid -> kiosk id, to restore after Redis lost them
 
     def _kiosk_key(self, kiosk_id: str) -> str:

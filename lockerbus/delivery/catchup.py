@@ -86,7 +86,8 @@ class CatchUp:
         sent = conn.views.replay(events)
         for event in sent:
             self._hub.send(conn, event["type"], {**event, "replayed": True})
-        self._metrics.replayed.inc(len(sent))
+        if request.mode != "none":
+            self._metrics.replay("connect", len(sent))
         self._hub.send(
             conn,
             "replay_complete",
@@ -147,7 +148,7 @@ class CatchUp:
             ]
             for event in missed:
                 self._hub.send(conn, event["type"], {**event, "replayed": True})
-            self._metrics.replayed.inc(len(missed))
+            self._metrics.replay("subscribe", len(missed))
             self.go_live(conn, page.last_seq if not page.has_more else page.events[-1]["seq"])
 
     def resync(self, namespace: str) -> None:

@@ -180,6 +180,7 @@ class Hub:
                     conn.namespace,
                     conn.principal.sub,
                 )
+                self._metrics.slow_consumers.labels(conn.namespace).inc()
                 await disconnect(conn)
                 # its Engine.IO writer may be stuck on the socket: free it too
                 self._sender.abort(conn.eio_sid)
