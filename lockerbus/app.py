@@ -31,7 +31,7 @@ from .server import LockerbusNamespace, LockerbusServer, SocketServices
 from .service import EventService
 from .sockets import Sockets
 from .stats import Stats
-from .store import EventStore, StoreOptions, open_store
+from .store import EventStore, Retention, StoreOptions, open_store
 
 if TYPE_CHECKING:  # cluster mode only: presence needs redis, an optional extra
     from .cluster import ChannelInbox, ClusterRedisManager, ClusterRelay
@@ -53,6 +53,10 @@ def store_options(settings: Settings) -> StoreOptions:
         max_events=settings.max_events,
         ttl_seconds=settings.ttl_seconds,
         cleanup_interval_seconds=settings.cleanup_interval_minutes * 60,
+        namespaces={
+            namespace: Retention(*settings.namespace_retention(namespace))
+            for namespace in settings.retention
+        },
     )
 
 

@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 
 from lockerbus.errors import StoreUnavailableError
-from lockerbus.store import EventStore, StoreOptions, open_store
+from lockerbus.store import EventStore, Retention, StoreOptions, open_store
 from tests.storekit import BACKENDS, Backend, FakeClock, at_minute, make_event, seqs
 
 LOCKERS = "/ws/lockers"
 HELP = "/ws/help"
+EVENTS = "/ws/events"
 HOUR = 3600.0
 
 
@@ -32,9 +33,18 @@ class Factory:
         self.directory = directory
         self.stores: list[EventStore] = []
 
-    async def __call__(self, *, max_events: int = 1000, ttl_seconds: float = HOUR) -> EventStore:
+    async def __call__(
+        self,
+        *,
+        max_events: int = 1000,
+        ttl_seconds: float = HOUR,
+        namespaces: dict[str, Retention] | None = None,
+    ) -> EventStore:
         options = StoreOptions(
-            max_events=max_events, ttl_seconds=ttl_seconds, cleanup_interval_seconds=HOUR
+            max_events=max_events,
+            ttl_seconds=ttl_seconds,
+            cleanup_interval_seconds=HOUR,
+            namespaces=namespaces or {},
         )
         url = self.backend.url(self.directory, f"store{len(self.stores)}")
         store = open_store(url, options, clock=self.clock)
@@ -356,23 +366,46 @@ async def test_ttl_expiry_and_cleanup(store_factory: Factory) -> None:
     assert (await store.append(make_event(HELP)))["seq"] == 3
 
 
-async def test_capacity_evicts_the_oldest_first_across_namespaces(
-    store_factory: Factory,
-) -> None:
-    store = await store_factory(max_events=10)
+async def test_capacity_holds_per_namespace(store_factory: Factory) -> None:
+    store = await store_factory(max_events=5)
     for i in range(15):
-        await store.append(make_event(HELP if i % 2 else LOCKERS))
+        await store.append(make_event(HELP if i % 3 == 0 else LOCKERS))
     await store.cleanup()
     stats = await store.stats()
+    # 10 lockers events, 5 help events: only lockers is over its own cap
     assert stats.events == 10
     assert stats.evictions["capacity"] == 5
-    # appended L1 H1 L2 H2 L3 H3 L4 H4 ...: the first five were L1 H1 L2 H2 L3
-    assert seqs((await store.page(LOCKERS, limit=20)).events) == [4, 5, 6, 7, 8]
-    assert seqs((await store.page(HELP, limit=20)).events) == [3, 4, 5, 6, 7]
-    lost = await store.replay(LOCKERS, after_seq=2, limit=100)
-    assert (lost.recovered, seqs(lost.events)) == (False, [4, 5, 6, 7, 8])
-    held = await store.replay(LOCKERS, after_seq=3, limit=100)
+    assert seqs((await store.page(LOCKERS, limit=20)).events) == [6, 7, 8, 9, 10]
+    assert seqs((await store.page(HELP, limit=20)).events) == [1, 2, 3, 4, 5]
+    lost = await store.replay(LOCKERS, after_seq=4, limit=100)
+    assert (lost.recovered, seqs(lost.events)) == (False, [6, 7, 8, 9, 10])
+    held = await store.replay(LOCKERS, after_seq=5, limit=100)
     assert held.recovered is True
+
+
+async def test_a_storm_in_one_namespace_pushes_no_other_out(store_factory: Factory) -> None:
+    store = await store_factory(max_events=20)
+    await fill(store, 3)
+    await fill(store, 200, EVENTS)
+    page = await store.page(LOCKERS, limit=10)
+    assert seqs(page.events) == [1, 2, 3]
+    assert (await store.replay(LOCKERS, after_seq=0, limit=10)).recovered is True
+    assert (await store.stats()).namespaces[EVENTS].count == 20
+
+
+async def test_retention_overrides_per_namespace(store_factory: Factory) -> None:
+    overrides = {EVENTS: Retention(max_events=2, ttl_seconds=60)}
+    store = await store_factory(max_events=100, ttl_seconds=HOUR, namespaces=overrides)
+    await fill(store, 5, EVENTS)
+    await fill(store, 5)
+    assert seqs((await store.page(EVENTS, limit=10)).events) == [4, 5]
+    store_factory.clock.advance(61)
+    assert (await store.page(EVENTS, limit=10)).events == []
+    assert seqs((await store.page(LOCKERS, limit=10)).events) == [1, 2, 3, 4, 5]
+    await store.cleanup()
+    assert (await store.stats()).evictions == {"ttl": 2, "capacity": 3, "corrupt": 0}
+    store_factory.clock.advance(HOUR)
+    assert (await store.page(LOCKERS, limit=10)).events == []
 
 
 async def test_stats(store: EventStore) -> None:

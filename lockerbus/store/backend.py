@@ -52,8 +52,11 @@ class BaseEventStore(abc.ABC, Generic[S]):
         self, name: str, options: StoreOptions | None, clock: Callable[[], float] | None
     ) -> None:
         self._options = options = options or StoreOptions()
-        if options.max_events < 1:
-            raise ValueError("max_events must be at least 1")
+        for retention in (options.retention(""), *options.namespaces.values()):
+            if retention.max_events < 1:
+                raise ValueError("max_events must be at least 1")
+            if not retention.ttl_seconds > 0:
+                raise ValueError("ttl_seconds must be > 0")
         self._name = name
         self._clock = clock or time.time
         self._state: State = "new"

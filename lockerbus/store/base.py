@@ -20,9 +20,11 @@ Guarantees
 * Eviction (TTL, capacity, corruption) removes the oldest events first within
   a namespace, except where a per-event TTL is shorter; any hole it leaves is
   detected, never hidden: a replay across it answers ``recovered=False``.
-  Capacity (``max_events``) counts every namespace together and evicts in
-  append order.  An expired event is never returned, whether or not cleanup
-  has removed it yet; it is counted under ``ttl`` once removed.
+  Retention holds per namespace (contract §11): capacity (``max_events``) and
+  the TTL apply to each namespace on its own, so no namespace's events push
+  another's out; :meth:`StoreOptions.retention` gives a namespace's limits.
+  An expired event is never returned, whether or not cleanup has removed it
+  yet; it is counted under ``ttl`` once removed.
 * ``last_seq`` of a namespace outlives its events: after every event expired,
   the next append still continues the sequence.
 * ``epoch`` names the sequence space.  It changes when the store is new (a
@@ -47,8 +49,10 @@ above :mod:`lockerbus.events`.  The backends share their skeleton through
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Final, Protocol, Self
 
 from ..events import Event
@@ -57,12 +61,31 @@ EVICTION_REASONS: Final = ("ttl", "capacity", "corrupt")
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of one namespace's history a store holds: at most ``max_events``
+    events, each for at most ``ttl_seconds``."""
+
+    max_events: int
+    ttl_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class StoreOptions:
-    """What every backend is configured with (contract §1 settings)."""
+    """What every backend is configured with (contract §1 and §11 settings).
+
+    ``max_events`` and ``ttl_seconds`` hold for each namespace on its own;
+    ``namespaces`` overrides them for the namespaces it names.
+    """
 
     max_events: int = 10_000
     ttl_seconds: float = 24 * 3600
     cleanup_interval_seconds: float = 30 * 60
+    namespaces: Mapping[str, Retention] = field(default_factory=lambda: MappingProxyType({}))
+
+    def retention(self, namespace: str) -> Retention:
+        """The limits of ``namespace``: its override, else the defaults."""
+        found = self.namespaces.get(namespace)
+        return found if found is not None else Retention(self.max_events, self.ttl_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +124,7 @@ class StoreStats:
     backend: str
     epoch: str
     events: int
+    #: the default per-namespace capacity (``StoreOptions.max_events``)
     max_events: int
     namespaces: dict[str, NamespaceStats]
     evictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVICTION_REASONS, 0))

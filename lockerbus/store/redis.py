@@ -191,7 +191,7 @@ class RedisEventStore(BaseEventStore[Suspect]):
         namespace = check_append(event, ttl_seconds)
         at = event_time(event)
         self._require_open()
-        ttl = self._options.ttl_seconds
+        ttl = self._options.retention(namespace).ttl_seconds
         if ttl_seconds is not None:
             ttl = min(ttl, ttl_seconds)
         if self._writer is None:

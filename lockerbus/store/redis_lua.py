@@ -7,7 +7,7 @@ Keys, all under one prefix ``P`` (``ARGV[1]`` of every script):
 * ``P:log:<ns>``  sorted set: score seq, member ``<seq>:<crc32 hex>:<body>``
 * ``P:ts:<ns>``   sorted set: score event timestamp, member seq (for ``since``)
 * ``P:exp``       sorted set: score expiry time, member ``<ns>\\n<seq>``
-* ``P:order``     sorted set: score global append counter, member ``<ns>\\n<seq>``
+* ``P:order``     sorted set: score global append counter, member ``<ns>\\n<seq>`` (the count)
 * ``P:gseq``      the global append counter (capacity evicts in append order)
 * ``P:stats``     hash: evictions by reason
 
@@ -96,7 +96,8 @@ local function take(list, n)
 end
 """
 
-# ARGV: P, ns, body, crc, ts, expires, now, max_events, expected epoch, candidate epoch, channel
+# ARGV: P, ns, body, crc, ts, expires, now, the namespace's max_events, expected epoch,
+#       candidate epoch, channel
 APPEND: Final = (
     _COMMON
     + r"""
@@ -110,11 +111,14 @@ redis.call('ZADD', P .. ':log:' .. ns, seq, seq .. ':' .. ARGV[4] .. ':' .. ARGV
 redis.call('ZADD', P .. ':ts:' .. ns, ARGV[5], seq)
 redis.call('ZADD', P .. ':exp', ARGV[6], key)
 redis.call('ZADD', P .. ':order', redis.call('INCR', P .. ':gseq'), key)
-local excess = redis.call('ZCARD', P .. ':order') - tonumber(ARGV[8])
+-- capacity is the namespace's own (contract §11): its oldest go, no other's
+local excess = redis.call('ZCARD', P .. ':log:' .. ns) - tonumber(ARGV[8])
 if excess > 0 then
-  local victims = redis.call('ZRANGE', P .. ':order', 0, excess - 1)
-  for _, victim in ipairs(victims) do drop(victim) end
-  redis.call('HINCRBY', P .. ':stats', 'capacity', #victims)
+  local victims = redis.call('ZRANGE', P .. ':log:' .. ns, 0, excess - 1, 'WITHSCORES')
+  for i = 2, #victims, 2 do
+    drop(ns .. '\n' .. string.format('%d', tonumber(victims[i])))
+  end
+  redis.call('HINCRBY', P .. ':stats', 'capacity', #victims / 2)
 end
 redis.call('PUBLISH', ARGV[11], '{"seq":' .. seq .. ',' .. string.sub(ARGV[3], 2))
 return {tonumber(seq), epoch}

@@ -123,7 +123,7 @@ class RedisWriter:
                         repr(job.at),
                         repr(now + job.ttl),
                         repr(now),
-                        self._options.max_events,
+                        self._options.retention(job.namespace).max_events,
                         job.epoch,
                         new_epoch(),
                         link.channel,
