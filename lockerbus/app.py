@@ -1,8 +1,8 @@
 """create_app(settings): builds every collaborator, passes each in through its
 constructor, and opens and closes the resources in order.
 
-One aiohttp cleanup context per resource (store -> projection -> presence ->
-relay -> sockets): when one fails to start, aiohttp runs the cleanup of those
+One aiohttp cleanup context per resource (store -> presence -> relay ->
+sockets): when one fails to start, aiohttp runs the cleanup of those
 already started, so nothing is left open.
 """
 
@@ -113,7 +113,6 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         store,
         metrics,
         broadcaster,
-        on_stored=[projection.apply],
         help_kiosk=functools.partial(projection.help_kiosk, store),
     )
     presence = cluster.presence if cluster is not None else None
@@ -159,7 +158,6 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     app.cleanup_ctx.extend(
         [
             _store_context(store),
-            _projection_context(projection, store),
             _presence_context(presence, hub),
             _relay_context(relay, sio),
             _sockets_context(sockets, store, settings),
@@ -216,14 +214,6 @@ def _store_context(store: EventStore) -> Context:
         finally:
             await store.close()
             app_logger.info("lockerbus stopped")
-
-    return context
-
-
-def _projection_context(projection: Projection, store: EventStore) -> Context:
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        await projection.rebuild(store)
-        yield
 
     return context
 

@@ -14,9 +14,19 @@ from typing import Any
 
 import pytest
 
-from lockerbus.errors import StoreUnavailableError
+from lockerbus.errors import ConflictError, StoreUnavailableError
 from lockerbus.store import EventStore, Retention, StoreOptions, open_store
-from tests.storekit import BACKENDS, Backend, FakeClock, at_minute, make_event, seqs
+from tests.storekit import (
+    BACKENDS,
+    Backend,
+    FakeClock,
+    at_minute,
+    help_event,
+    help_update,
+    locker_event,
+    make_event,
+    seqs,
+)
 
 LOCKERS = "/ws/lockers"
 HELP = "/ws/help"
@@ -47,6 +57,14 @@ class Factory:
             namespaces=namespaces or {},
         )
         url = self.backend.url(self.directory, f"store{len(self.stores)}")
+        return await self._open(url, options)
+
+    async def again(self) -> EventStore:
+        """Another handle on the first store's storage (as a second process would open it)."""
+        options = StoreOptions(cleanup_interval_seconds=HOUR)
+        return await self._open(self.backend.url(self.directory, "store0"), options)
+
+    async def _open(self, url: str, options: StoreOptions) -> EventStore:
         store = open_store(url, options, clock=self.clock)
         await store.start()
         self.stores.append(store)
@@ -421,6 +439,107 @@ async def test_stats(store: EventStore) -> None:
     assert stats.namespaces[LOCKERS].last_seq == 3
     assert stats.namespaces[HELP].count == 2
     assert stats.evictions == {"ttl": 0, "capacity": 0, "corrupt": 0}
+
+
+# -- state (contract §11) -----------------------------------------------------------
+
+
+async def test_state_holds_each_lockers_latest_entry(store_factory: Factory) -> None:
+    store = await store_factory(max_events=2, ttl_seconds=60)
+    empty = await store.read_state("lockers")
+    assert (empty.entries, empty.last_seq, empty.epoch) == ([], 0, store.epoch)
+    await store.append(locker_event("k1", "L2", "open"))
+    await store.append(locker_event("k1", "L1", "open"))
+    await store.append(locker_event("k1", "L2", "closed"))
+    await store.append(make_event(HELP))
+    snapshot = await store.read_state("lockers")
+    assert snapshot.last_seq == 3
+    assert [(e["lockerId"], e["state"], e["seq"]) for e in snapshot.entries] == [
+        ("L1", "open", 2),
+        ("L2", "closed", 3),
+    ]
+    assert snapshot.entries[0]["kioskId"] == "k1"
+    assert snapshot.entries[0]["timestamp"]
+    # history expires and is evicted; the state does not shrink
+    await store.append(locker_event("k2", "L9", "open"))
+    store_factory.clock.advance(120)
+    await store.cleanup()
+    assert (await store.page(LOCKERS, limit=10)).events == []
+    after = await store.read_state("lockers")
+    assert [(e["kioskId"], e["lockerId"]) for e in after.entries] == [
+        ("k1", "L1"),
+        ("k1", "L2"),
+        ("k2", "L9"),
+    ]
+    assert after.last_seq == 4
+
+
+async def test_state_holds_open_help_requests(store: EventStore) -> None:
+    await store.append(help_event(7, "open", kiosk="k1"))
+    await store.append(help_event(3, "open", kiosk="k2"))
+    await store.append(help_update(7, "open", "assigned", agent="ann"))
+    snapshot = await store.read_state("help")
+    assert snapshot.last_seq == 3
+    assert [(e["id"], e["status"], e["seq"]) for e in snapshot.entries] == [
+        (3, "open", 2),
+        (7, "assigned", 3),
+    ]
+    seven = snapshot.entries[1]
+    assert (seven["kiosk_id"], seven["agent_id"], seven["category"]) == ("k1", "ann", "other")
+    await store.append(help_update(7, "assigned", "resolved"))
+    assert [e["id"] for e in (await store.read_state("help")).entries] == [3]
+    # a resolved id may be opened again
+    reopened = await store.append(help_event(7, "open"))
+    assert reopened["seq"] == 5
+    assert [e["id"] for e in (await store.read_state("help")).entries] == [3, 7]
+
+
+async def test_help_conflicts_are_refused_without_a_seq(store: EventStore) -> None:
+    await store.append(help_event(1, "open"))
+    with pytest.raises(ConflictError) as reused:
+        await store.append(help_event(1, "open"))
+    assert reused.value.code == "conflict"
+    assert reused.value.http_status == 409
+    with pytest.raises(ConflictError, match="not open"):
+        await store.append(help_update(2, "open", "assigned"))
+    with pytest.raises(ConflictError, match="is open, not assigned"):
+        await store.append(help_update(1, "assigned", "resolved"))
+    assert await store.last_seq(HELP) == 1, "a refusal consumes no seq"
+    assert (await store.append(help_update(1, "open", "assigned")))["seq"] == 2
+    with pytest.raises(ConflictError):
+        await store.append(help_update(1, "open", "assigned"))
+    snapshot = await store.read_state("help")
+    assert [(e["id"], e["status"]) for e in snapshot.entries] == [(1, "assigned")]
+
+
+async def test_racing_help_updates_exactly_one_wins(store_factory: Factory) -> None:
+    first = await store_factory()
+    # a second handle on the same store where the backend is shared (not memory)
+    second = first if store_factory.backend.name == "memory" else await store_factory.again()
+    await first.append(help_event(40, "open"))
+    outcomes = await asyncio.gather(
+        *(
+            (first if i % 2 else second).append(help_update(40, "open", "assigned", f"a{i}"))
+            for i in range(10)
+        ),
+        return_exceptions=True,
+    )
+    won = [o for o in outcomes if isinstance(o, dict)]
+    assert len(won) == 1
+    assert all(isinstance(o, ConflictError) for o in outcomes if o not in won)
+    entries = (await first.read_state("help")).entries
+    assert entries[0]["agent_id"] == won[0]["data"]["agent_id"]
+
+
+async def test_loading_the_state_then_resuming_from_its_last_seq_is_gap_free(
+    store: EventStore,
+) -> None:
+    await store.append(locker_event("k1", "L1", "open"))
+    snapshot = await store.read_state("lockers")
+    await store.append(locker_event("k1", "L1", "closed"))
+    resumed = await store.replay(LOCKERS, after_seq=snapshot.last_seq, limit=10)
+    assert resumed.recovered is True
+    assert seqs(resumed.events) == [snapshot.last_seq + 1]
 
 
 # -- lifecycle --------------------------------------------------------------------

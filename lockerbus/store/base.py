@@ -25,6 +25,15 @@ Guarantees
   another's out; :meth:`StoreOptions.retention` gives a namespace's limits.
   An expired event is never returned, whether or not cleanup has removed it
   yet; it is counted under ``ttl`` once removed.
+* State (contract §11): each locker's latest state and the open help requests
+  are kept beside the history (:mod:`lockerbus.store.state`), changed in the
+  same atomic step as the append of the event that changes them, never
+  expired or evicted with history, durable with a durable store.  ``append``
+  refuses (``ConflictError``, nothing stored, no seq consumed) a
+  ``help_requested`` whose id is open, and a ``help_status_updated`` whose
+  request is not open or whose ``old_status`` is not its status; of two
+  racing appends, exactly one passes.  :meth:`EventStore.read_state` reads one
+  kind with the namespace position (``last_seq``, ``epoch``) it reflects.
 * ``last_seq`` of a namespace outlives its events: after every event expired,
   the next append still continues the sequence.
 * ``epoch`` names the sequence space.  It changes when the store is new (a
@@ -53,7 +62,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Final, Protocol, Self
+from typing import Any, Final, Literal, Protocol, Self
 
 from ..events import Event
 
@@ -130,6 +139,20 @@ class StoreStats:
     evictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVICTION_REASONS, 0))
 
 
+@dataclass(frozen=True, slots=True)
+class StateSnapshot:
+    """One kind of state (``lockers`` or ``help``) as of its namespace's ``last_seq``.
+
+    ``entries`` reflect exactly the events up to ``last_seq`` of that
+    namespace in ``epoch``: a client that loads them and then resumes from
+    ``last_seq`` misses nothing and gets nothing twice.
+    """
+
+    entries: list[dict[str, Any]]
+    last_seq: int
+    epoch: str
+
+
 class EventStore(Protocol):
     """A per-namespace, seq-numbered, expiring event log."""
 
@@ -147,7 +170,8 @@ class EventStore(Protocol):
         is the retention limit).  The argument is not mutated, and must not
         be mutated by others until this returns.  Raises ValueError for an
         event without namespace or timestamp, TypeError for one JSON cannot
-        carry, StoreUnavailableError when storage fails.
+        carry, ConflictError for a help event the state refuses (see above),
+        StoreUnavailableError when storage fails.
         """
 
     async def replay(
@@ -187,6 +211,11 @@ class EventStore(Protocol):
 
     async def last_seq(self, namespace: str) -> int:
         """The latest seq assigned in ``namespace`` in this epoch (0 when none)."""
+
+    async def read_state(self, kind: Literal["lockers", "help"]) -> StateSnapshot:
+        """The lockers (by kioskId, lockerId) or the open help requests (by id), each
+        entry with the ``seq`` that last changed it, read atomically with the
+        position of ``/ws/lockers`` or ``/ws/help`` they reflect."""
 
     async def stats(self) -> StoreStats:
         """Counts, seq ranges and evictions by reason."""

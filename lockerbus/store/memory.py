@@ -34,6 +34,7 @@ from .base import (
     EVICTION_REASONS,
     NamespaceStats,
     ReplayResult,
+    StateSnapshot,
     StoreOptions,
     StoreStats,
 )
@@ -49,6 +50,7 @@ from .codec import (
     new_epoch,
     since_seconds,
 )
+from .state import STATE_NAMESPACES, StateKind, StateTable, change_of
 
 
 class _Record:
@@ -247,6 +249,7 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         self._caches: dict[str, _EventCache] = {}
         self._logs: dict[str, _Log] = {}
         self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
+        self._table = StateTable()
 
     # -- lifecycle (the rest is BaseEventStore's) -------------------------------
 
@@ -259,6 +262,7 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         # the eviction hook, which would count them as capacity evictions.
         self._caches = {}
         self._logs.clear()
+        self._table = StateTable()
 
     async def check(self) -> None:
         """A memory store can serve whenever it is open."""
@@ -271,6 +275,9 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         namespace = check_append(event, ttl_seconds)
         self._require_open()
         at = event_time(event)
+        change = change_of(event)
+        if change is not None:
+            self._table.check(change)  # no await until it is applied: atomic
         log = self._logs.get(namespace)
         if log is None:
             log = self._logs[namespace] = _Log(namespace)
@@ -282,6 +289,8 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         # May expire or evict older records first; this one is never the victim.
         self._caches[namespace].add(record)
         log.push(record, at)
+        if change is not None:
+            self._table.apply(change, seq)
         return stored
 
     # -- reading ------------------------------------------------------------
@@ -352,6 +361,12 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         self._require_open()
         log = self._logs.get(namespace)
         return log.last_seq if log else 0
+
+    async def read_state(self, kind: StateKind) -> StateSnapshot:
+        """The lockers or open help requests, with the position they reflect."""
+        self._require_open()
+        log = self._logs.get(STATE_NAMESPACES[kind])
+        return StateSnapshot(self._table.listed(kind), log.last_seq if log else 0, self.epoch)
 
     async def stats(self) -> StoreStats:
         """Counts per namespace, seq ranges and evictions by reason."""

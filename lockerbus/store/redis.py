@@ -23,6 +23,7 @@ contract and holds the reads.
 from __future__ import annotations
 
 import functools
+import json
 import zlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -39,7 +40,14 @@ from ..redisconn import (
     split_url,
 )
 from .backend import BaseEventStore, Damaged
-from .base import EVICTION_REASONS, NamespaceStats, ReplayResult, StoreOptions, StoreStats
+from .base import (
+    EVICTION_REASONS,
+    NamespaceStats,
+    ReplayResult,
+    StateSnapshot,
+    StoreOptions,
+    StoreStats,
+)
 from .codec import (
     check_append,
     check_limit,
@@ -52,6 +60,7 @@ from .codec import (
 )
 from .redis_link import MAX_CONNECTIONS, RedisLink
 from .redis_writer import RedisWriter
+from .state import STATE_NAMESPACES, StateKind, sort_entries
 
 # Kept importable from here for callers written before lockerbus.redisconn.
 __all__ = [
@@ -297,6 +306,19 @@ class RedisEventStore(BaseEventStore[Suspect]):
         )
         self._learn(current)
         return int(last)
+
+    async def read_state(self, kind: StateKind) -> StateSnapshot:
+        """The lockers or open help requests, with the position they reflect (one script)."""
+        current, last, entries, updates = await self._run(
+            "STATE", new_epoch(), kind, STATE_NAMESPACES[kind]
+        )
+        epoch = self._learn(current)
+        changed = {updates[i]: json.loads(updates[i + 1]) for i in range(0, len(updates), 2)}
+        listed = [
+            {**json.loads(entries[i + 1]), **changed.get(entries[i], {})}
+            for i in range(0, len(entries), 2)
+        ]
+        return StateSnapshot(sort_entries(kind, listed), int(last), epoch)
 
     async def stats(self) -> StoreStats:
         """Counts of unexpired events per namespace, seq ranges, evictions by reason."""

@@ -10,6 +10,13 @@ Keys, all under one prefix ``P`` (``ARGV[1]`` of every script):
 * ``P:order``     sorted set: score global append counter, member ``<ns>\\n<seq>`` (the count)
 * ``P:gseq``      the global append counter (capacity evicts in append order)
 * ``P:stats``     hash: evictions by reason
+* ``P:state:lockers``     hash: ``kioskId\\nlockerId`` -> the locker's entry (JSON, with seq)
+* ``P:state:help``        hash: open help id -> its request as opened (JSON, with seq)
+* ``P:state:help:status`` hash: open help id -> its current status
+* ``P:state:help:upd``    hash: open help id -> its last update (JSON, with seq), if any
+
+The ``state`` keys (contract §11) are never expired or evicted: only the
+APPEND script's state section (below) writes them, in the step that appends.
 
 ``body`` is the event's compact JSON without ``seq``; the stored and published
 event is ``{"seq":<seq>,`` + body without its ``{``, so the seq is assigned and
@@ -37,6 +44,8 @@ local function ensure_epoch(candidate)
     redis.call('DEL', P .. ':log:' .. ns, P .. ':ts:' .. ns)
   end
   redis.call('DEL', P .. ':seq', P .. ':exp', P .. ':order')
+  redis.call('DEL', P .. ':state:lockers', P .. ':state:help', P .. ':state:help:status',
+    P .. ':state:help:upd')
   redis.call('SET', P .. ':epoch', candidate)
   return candidate
 end
@@ -97,15 +106,46 @@ end
 """
 
 # ARGV: P, ns, body, crc, ts, expires, now, the namespace's max_events, expected epoch,
-#       candidate epoch, channel
+#       candidate epoch, channel, state kind ('' none), state key, state record (JSON without
+#       seq), help status, expected help status
+# -> {seq, epoch}; {0, epoch}: the epoch changed; {-1, epoch, current status}: refused
 APPEND: Final = (
     _COMMON
     + r"""
 local epoch = ensure_epoch(ARGV[10])
 if epoch ~= ARGV[9] then return {0, epoch} end
+-- state (contract §11), part 1: the help consistency check, before anything is written
+local state_kind, state_key = ARGV[12], ARGV[13]
+local help_status = P .. ':state:help:status'
+if state_kind == 'help_new' then
+  local current = redis.call('HGET', help_status, state_key)
+  if current then return {-1, epoch, current} end
+elseif state_kind == 'help_update' then
+  local current = redis.call('HGET', help_status, state_key)
+  if not current then return {-1, epoch, ''} end
+  if current ~= ARGV[16] then return {-1, epoch, current} end
+end
 expire(ARGV[7])
 local ns = ARGV[2]
 local seq = string.format('%d', redis.call('HINCRBY', P .. ':seq', ns, 1))
+-- state, part 2: the entry the event leaves, numbered with its seq
+if state_kind ~= '' then
+  local entry = '{"seq":' .. seq .. ',' .. string.sub(ARGV[14], 2)
+  if state_kind == 'locker' then
+    redis.call('HSET', P .. ':state:lockers', state_key, entry)
+  elseif ARGV[15] == 'resolved' then
+    redis.call('HDEL', P .. ':state:help', state_key)
+    redis.call('HDEL', help_status, state_key)
+    redis.call('HDEL', P .. ':state:help:upd', state_key)
+  elseif state_kind == 'help_new' then
+    redis.call('HSET', P .. ':state:help', state_key, entry)
+    redis.call('HSET', help_status, state_key, ARGV[15])
+    redis.call('HDEL', P .. ':state:help:upd', state_key)
+  else
+    redis.call('HSET', help_status, state_key, ARGV[15])
+    redis.call('HSET', P .. ':state:help:upd', state_key, entry)
+  end
+end
 local key = ns .. '\n' .. seq
 redis.call('ZADD', P .. ':log:' .. ns, seq, seq .. ':' .. ARGV[4] .. ':' .. ARGV[3])
 redis.call('ZADD', P .. ':ts:' .. ns, ARGV[5], seq)
@@ -253,5 +293,20 @@ EPOCH: Final = (
     + r"""
 redis.call('INCR', P .. ':probe')
 return ensure_epoch(ARGV[2])
+"""
+)
+
+# ARGV: P, candidate epoch, kind ('lockers' or 'help'), its namespace
+# -> {epoch, last_seq, {key, entry, ...}, {key, update, ...}}: the state and the position
+STATE: Final = (
+    _COMMON
+    + r"""
+local epoch = ensure_epoch(ARGV[2])
+local last = last_seq(ARGV[4])
+if ARGV[3] == 'lockers' then
+  return {epoch, last, redis.call('HGETALL', P .. ':state:lockers'), {}}
+end
+return {epoch, last, redis.call('HGETALL', P .. ':state:help'),
+  redis.call('HGETALL', P .. ':state:help:upd')}
 """
 )

@@ -45,6 +45,9 @@ from .sqlite_schema import (
     transaction,
     unavailable,
 )
+from .sqlite_state import SCHEMA as STATE_SCHEMA
+from .sqlite_state import check_and_apply
+from .state import change_of
 
 T = TypeVar("T")
 
@@ -200,6 +203,7 @@ class SqliteWriter:
     def open(self, conn: sqlite3.Connection) -> str:
         """Create or open the file; returns its epoch."""
         epoch = create_or_open(conn, self.path)
+        conn.execute(STATE_SCHEMA)
         st = os.stat(self.path)
         self.identity = (st.st_dev, st.st_ino)
         self.epoch = epoch
@@ -249,6 +253,13 @@ class SqliteWriter:
                 blob = encode(stored)
             except TypeError as exc:
                 results[i] = (job.future, None, exc)
+                last[namespace] = seq
+                continue
+            # the state (contract §11), in this same transaction; a refusal takes no seq
+            change = change_of(job.event)
+            refused = None if change is None else check_and_apply(conn, change, seq + 1)
+            if refused is not None:
+                results[i] = (job.future, None, refused)
                 last[namespace] = seq
                 continue
             last[namespace] = seq + 1

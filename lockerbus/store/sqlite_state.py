@@ -1,0 +1,82 @@
+"""The SQLite store's durable state (contract §11): its own table, beside the events.
+
+The writer checks and writes a state change inside the transaction that
+appends its event (:func:`check_and_apply`), so the refusal of a help event
+and the state it leaves commit or roll back with the event.  Rows never
+expire: cleanup and capacity touch only ``events``.  Each row carries a
+CRC-32 of its body; a row failing it is left out of reads and logged (the
+state is rebuilt from history by the admin, not guessed).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Final
+
+from ..errors import ConflictError
+from ..log import store_logger
+from .base import StateSnapshot
+from .codec import checksum, encode
+from .sqlite_schema import last_seq
+from .state import STATE_NAMESPACES, StateChange, merged, refusal, sort_entries
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS state (
+    kind TEXT NOT NULL,      -- 'lockers' or 'help'
+    key TEXT NOT NULL,       -- kioskId\\nlockerId, or the help id
+    status TEXT NOT NULL,    -- a help request's status ('' for lockers)
+    crc INTEGER NOT NULL,    -- CRC-32 of body
+    body BLOB NOT NULL,      -- the entry as compact JSON, with its seq
+    PRIMARY KEY (kind, key)
+)
+"""
+
+
+def _current(conn: sqlite3.Connection, change: StateChange) -> tuple[str, dict[str, Any]] | None:
+    row = conn.execute(
+        "SELECT status, crc, body FROM state WHERE kind = ? AND key = ?",
+        (change.state, change.key),
+    ).fetchone()
+    if row is None:
+        return None
+    status, crc, body = row
+    entry = json.loads(body) if checksum(body) == crc else {}
+    return str(status), entry
+
+
+def check_and_apply(
+    conn: sqlite3.Connection, change: StateChange, seq: int
+) -> ConflictError | None:
+    """Inside the append's transaction: the refusal, or write ``change`` as of ``seq``."""
+    current = _current(conn, change)
+    if change.kind != "locker":
+        error = refusal(change, None if current is None else current[0])
+        if error is not None:
+            return error
+    if change.removes:
+        conn.execute("DELETE FROM state WHERE kind = ? AND key = ?", (change.state, change.key))
+        return None
+    entry = merged(None if current is None else current[1], change, seq)
+    body = encode(entry)
+    conn.execute(
+        "INSERT INTO state (kind, key, status, crc, body) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (kind, key) DO UPDATE SET "
+        "status = excluded.status, crc = excluded.crc, body = excluded.body",
+        (change.state, change.key, change.status, checksum(body), body),
+    )
+    return None
+
+
+def read_state(conn: sqlite3.Connection, kind: str, epoch: str) -> StateSnapshot:
+    """Inside one read snapshot: the entries of ``kind`` and the position they reflect."""
+    entries = []
+    for key, crc, body in conn.execute("SELECT key, crc, body FROM state WHERE kind = ?", (kind,)):
+        if checksum(body) != crc:
+            store_logger.error(
+                "state entry failed its checksum: %s %r (rebuild the state)", kind, key
+            )
+            continue
+        entries.append(json.loads(body))
+    namespace = STATE_NAMESPACES[kind]
+    return StateSnapshot(sort_entries(kind, entries), last_seq(conn, namespace), epoch)
