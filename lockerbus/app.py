@@ -23,6 +23,7 @@ from .delivery import Background, Broadcaster, CatchUp, Hub
 from .events import NAMESPACES
 from .http import Handler, HttpApi, errors_middleware
 from .kiosk_link import SocketKioskLink
+from .kiosks import KioskBook, KioskTracker, LocalBook, status_listener
 from .limits import RoleLimits
 from .log import app_logger
 from .metrics import Metrics
@@ -108,14 +109,17 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     )
     relay = cluster.relay(hub, store, catchup.resync) if cluster is not None else None
     broadcaster: Broadcaster = relay if relay is not None else hub
+    presence = cluster.presence if cluster is not None else None
+    book: KioskBook = presence if presence is not None else LocalBook()
     bus = EventBus(
         service,
         store,
         metrics,
         broadcaster,
+        on_stored=[status_listener(book, tasks)],
         help_kiosk=functools.partial(projection.help_kiosk, store),
     )
-    presence = cluster.presence if cluster is not None else None
+    kiosks = KioskTracker(bus, book, tasks, grace_seconds=settings.kiosk_offline_grace_seconds)
     commands = CommandService(
         bus,
         SocketKioskLink(sio, hub, presence),
@@ -124,7 +128,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     verifier = TokenVerifier(secret, settings.previous_secrets)
     limits = RoleLimits(settings.role_rate_limits())  # per principal, sockets and HTTP
     services = SocketServices(
-        settings, verifier, limits, hub, catchup, bus, commands, metrics, tasks, presence
+        settings, verifier, limits, hub, catchup, bus, commands, metrics, tasks, presence, kiosks
     )
     sio.serve([LockerbusNamespace(ns, services) for ns in NAMESPACES], settings)
     sio.attach(app)
@@ -144,6 +148,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         verifier=verifier,
         store=store,
         projection=projection,
+        kiosks=kiosks,
         board_enabled=settings.board_enabled,
     ).add_routes(app)
     if settings.cors_origins:

@@ -81,6 +81,8 @@ class Settings:
     replay_window_minutes: float = 60.0
     max_event_bytes: int = 65_536
     command_timeout_seconds: float = 10.0
+    #: how long a kiosk with no connection left stays online before "offline" (contract §11)
+    kiosk_offline_grace_seconds: float = 30.0
     cors_origins: tuple[str, ...] | None = None
     board_enabled: bool = True
     websocket_compression: bool = False
@@ -300,6 +302,7 @@ _PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "replay_window_minutes": _parse_float,
     "max_event_bytes": _parse_int,
     "command_timeout_seconds": _parse_float,
+    "kiosk_offline_grace_seconds": _parse_float,
     "cors_origins": _parse_origins,
     "board_enabled": _parse_bool,
     "websocket_compression": _parse_bool,
@@ -378,6 +381,7 @@ def _check(settings: Settings) -> None:
         raise ConfigError("previous_secrets", "needs secret: tokens are signed with it")
     _positive(settings, "replay_window_minutes", allow_zero=True)
     _positive(settings, "shutdown_grace_seconds", allow_zero=True)
+    _positive(settings, "kiosk_offline_grace_seconds", allow_zero=True)
     _positive(settings, "store_wait_seconds", allow_zero=True)
     if settings.log_format not in LOG_FORMATS:
         raise ConfigError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")

@@ -157,6 +157,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "replay_window_minutes": ["-1", "soon"],
     "max_event_bytes": ["0", "64k"],
     "command_timeout_seconds": ["0", "-1", "inf"],
+    "kiosk_offline_grace_seconds": ["-1", "soon", "inf"],
     "cors_origins": ["example.com", "ftp://x"],
     "board_enabled": ["maybe", "2"],
     "websocket_compression": ["sometimes"],
