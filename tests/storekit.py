@@ -29,7 +29,8 @@ ROUTES = {
 }
 
 
-_HELP_IDS = itertools.count(1)
+# a fresh range per process: a child process restarted on the same file must not reuse ids
+_HELP_IDS = itertools.count(uuid.uuid4().int % 10**12)
 
 
 class FakeClock:

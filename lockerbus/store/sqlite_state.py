@@ -18,8 +18,8 @@ from ..errors import ConflictError
 from ..log import store_logger
 from .base import StateSnapshot
 from .codec import checksum, encode
-from .sqlite_schema import last_seq
-from .state import STATE_NAMESPACES, StateChange, merged, refusal, sort_entries
+from .sqlite_schema import fault, last_seq, transaction
+from .state import STATE_NAMESPACES, StateChange, StateTable, merged, refusal, sort_entries
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS state (
@@ -43,6 +43,40 @@ def _current(conn: sqlite3.Connection, change: StateChange) -> tuple[str, dict[s
     status, crc, body = row
     entry = json.loads(body) if checksum(body) == crc else {}
     return str(status), entry
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """Create the state table; a file written before it existed gets it rebuilt from the
+    history it holds (what is held is all there is to know)."""
+    existed = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'state'"
+    ).fetchone()
+    if existed:
+        return
+    with transaction(conn):
+        conn.execute(SCHEMA)
+        table = StateTable()
+        for namespace in STATE_NAMESPACES.values():
+            rows = conn.execute(
+                "SELECT seq, crc, body FROM events WHERE namespace = ? ORDER BY seq", (namespace,)
+            )
+            for seq, crc, body in rows:
+                if fault(crc, body, seq, namespace) is None:
+                    table.fold({**json.loads(body), "seq": seq})
+        for kind in STATE_NAMESPACES:
+            for key, entry in table.entries[kind].items():
+                blob = encode(entry)
+                conn.execute(
+                    "INSERT INTO state (kind, key, status, crc, body) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        kind,
+                        key,
+                        str(entry.get("status", "")) if kind == "help" else "",
+                        checksum(blob),
+                        blob,
+                    ),
+                )
+    store_logger.info("sqlite store: state built from the history held")
 
 
 def check_and_apply(

@@ -45,8 +45,8 @@ from .sqlite_schema import (
     transaction,
     unavailable,
 )
-from .sqlite_state import SCHEMA as STATE_SCHEMA
 from .sqlite_state import check_and_apply
+from .sqlite_state import create as create_state
 from .state import change_of
 
 T = TypeVar("T")
@@ -203,7 +203,7 @@ class SqliteWriter:
     def open(self, conn: sqlite3.Connection) -> str:
         """Create or open the file; returns its epoch."""
         epoch = create_or_open(conn, self.path)
-        conn.execute(STATE_SCHEMA)
+        create_state(conn)
         st = os.stat(self.path)
         self.identity = (st.st_dev, st.st_ino)
         self.epoch = epoch

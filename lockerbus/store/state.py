@@ -158,6 +158,16 @@ class StateTable:
         if error is not None:
             raise error
 
+    def fold(self, event: Event) -> None:
+        """Apply a stored event without checks (rebuilding from history): an update of
+        a request not held (its opening expired) is skipped."""
+        change = change_of(event)
+        if change is None:
+            return
+        if change.kind == "help_update" and self.status(change) is None:
+            return
+        self.apply(change, int(event["seq"]))
+
     def apply(self, change: StateChange, seq: int) -> None:
         """Write ``change`` (already checked) as of ``seq``."""
         table = self.entries[change.state]
