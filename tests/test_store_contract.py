@@ -542,6 +542,23 @@ async def test_loading_the_state_then_resuming_from_its_last_seq_is_gap_free(
     assert seqs(resumed.events) == [snapshot.last_seq + 1]
 
 
+async def test_rebuild_state_from_the_history_held(store_factory: Factory) -> None:
+    store = await store_factory(ttl_seconds=60)
+    await store.append(locker_event("k1", "L1", "open"))
+    store_factory.clock.advance(61)  # L1's event expires; the state keeps it
+    await store.append(locker_event("k1", "L2", "open"))
+    await store.append(help_event(70))
+    await store.append(help_update(70, "open", "assigned"))
+    await store.append(help_event(71))
+    before = await store.read_state("help")
+    assert len((await store.read_state("lockers")).entries) == 2
+    assert await store.rebuild_state() == 3, "L2 and two help requests: L1's history is gone"
+    assert await store.read_state("help") == before
+    assert [e["lockerId"] for e in (await store.read_state("lockers")).entries] == ["L2"]
+    with pytest.raises(ConflictError):
+        await store.append(help_event(70))
+
+
 # -- lifecycle --------------------------------------------------------------------
 
 

@@ -21,11 +21,12 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar, Generic, Literal, Self, TypeVar
+from typing import ClassVar, Generic, Literal, Self, TypeVar, cast
 
 from ..errors import StoreUnavailableError
 from ..log import store_logger
-from .base import ReplayResult, StoreOptions
+from .base import EventStore, ReplayResult, StoreOptions
+from .state import StateTable, fold_history
 
 S = TypeVar("S")
 
@@ -77,6 +78,21 @@ class BaseEventStore(abc.ABC, Generic[S]):
     @abc.abstractmethod
     async def _repair(self, suspects: list[S]) -> None:
         """Remove the records a read found failing their checks (and log and count them)."""
+
+    @abc.abstractmethod
+    async def _replace_state(self, table: StateTable, positions: dict[str, int]) -> bool:
+        """Make ``table`` the state if the namespaces are still at ``positions``."""
+
+    async def rebuild_state(self) -> int:
+        """Rebuild the state from the history held (an admin operation: after a
+        restore, or for a store written before the state existed); returns how
+        many entries it holds.  Appends may go on meanwhile: a rebuild they
+        overtake is folded again."""
+        for _attempt in range(self.repair_attempts):
+            table, positions = await fold_history(cast("EventStore", self))
+            if await self._replace_state(table, positions):
+                return sum(len(entries) for entries in table.entries.values())
+        raise StoreUnavailableError(f"{self._name}: appends kept overtaking the state rebuild")
 
     @abc.abstractmethod
     async def cleanup(self) -> int:

@@ -217,6 +217,11 @@ class EventStore(Protocol):
         entry with the ``seq`` that last changed it, read atomically with the
         position of ``/ws/lockers`` or ``/ws/help`` they reflect."""
 
+    async def rebuild_state(self) -> int:
+        """Rebuild the state from the history held, atomically with appends (an admin
+        operation, ``lockerbus state rebuild``: after a restore); returns how many
+        entries it holds.  What history no longer holds is lost from the state."""
+
     async def stats(self) -> StoreStats:
         """Counts, seq ranges and evictions by reason."""
 

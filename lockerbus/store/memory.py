@@ -368,6 +368,14 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         log = self._logs.get(STATE_NAMESPACES[kind])
         return StateSnapshot(self._table.listed(kind), log.last_seq if log else 0, self.epoch)
 
+    async def _replace_state(self, table: StateTable, positions: dict[str, int]) -> bool:
+        for kind, namespace in STATE_NAMESPACES.items():
+            log = self._logs.get(namespace)
+            if (log.last_seq if log else 0) != positions[kind]:
+                return False
+        self._table = table
+        return True
+
     async def stats(self) -> StoreStats:
         """Counts per namespace, seq ranges and evictions by reason."""
         self._require_open()

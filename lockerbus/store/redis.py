@@ -53,6 +53,7 @@ from .codec import (
     check_limit,
     decode_many,
     decode_one,
+    encode,
     event_time,
     log_corrupt,
     new_epoch,
@@ -60,7 +61,7 @@ from .codec import (
 )
 from .redis_link import MAX_CONNECTIONS, RedisLink
 from .redis_writer import RedisWriter
-from .state import STATE_NAMESPACES, StateKind, sort_entries
+from .state import STATE_NAMESPACES, StateKind, StateTable, sort_entries
 
 # Kept importable from here for callers written before lockerbus.redisconn.
 __all__ = [
@@ -319,6 +320,16 @@ class RedisEventStore(BaseEventStore[Suspect]):
             for i in range(0, len(entries), 2)
         ]
         return StateSnapshot(sort_entries(kind, listed), int(last), epoch)
+
+    async def _replace_state(self, table: StateTable, positions: dict[str, int]) -> bool:
+        lockers = table.entries["lockers"]
+        args: list[Any] = [new_epoch(), self.epoch, positions["lockers"], positions["help"]]
+        args.append(len(lockers))
+        for key, entry in lockers.items():
+            args += [key, encode(entry)]
+        for key, entry in table.entries["help"].items():
+            args += [key, encode(entry), str(entry.get("status", ""))]
+        return bool(await self._run("REPLACE_STATE", *args))
 
     async def stats(self) -> StoreStats:
         """Counts of unexpired events per namespace, seq ranges, evictions by reason."""

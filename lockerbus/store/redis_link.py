@@ -34,6 +34,7 @@ SCRIPTS: Final = (
     "REMOVE",
     "EPOCH",
     "STATE",
+    "REPLACE_STATE",
 )
 
 

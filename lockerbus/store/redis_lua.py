@@ -310,3 +310,28 @@ return {epoch, last, redis.call('HGETALL', P .. ':state:help'),
   redis.call('HGETALL', P .. ':state:help:upd')}
 """
 )
+
+# ARGV: P, candidate epoch, expected epoch, lockers last_seq, help last_seq, how many lockers,
+#       then key, entry per locker, then key, entry, status per open help request
+# -> 1 when replaced, 0 when the epoch or a position moved meanwhile (fold again)
+REPLACE_STATE: Final = (
+    _COMMON
+    + r"""
+local epoch = ensure_epoch(ARGV[2])
+if epoch ~= ARGV[3] then return 0 end
+if last_seq('/ws/lockers') ~= tonumber(ARGV[4]) or last_seq('/ws/help') ~= tonumber(ARGV[5]) then
+  return 0
+end
+redis.call('DEL', P .. ':state:lockers', P .. ':state:help', P .. ':state:help:status',
+  P .. ':state:help:upd')
+local lockers = tonumber(ARGV[6])
+for i = 7, 6 + 2 * lockers, 2 do
+  redis.call('HSET', P .. ':state:lockers', ARGV[i], ARGV[i + 1])
+end
+for i = 7 + 2 * lockers, #ARGV, 3 do
+  redis.call('HSET', P .. ':state:help', ARGV[i], ARGV[i + 1])
+  redis.call('HSET', P .. ':state:help:status', ARGV[i], ARGV[i + 2])
+end
+return 1
+"""
+)

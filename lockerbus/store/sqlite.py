@@ -34,8 +34,9 @@ from .sqlite_reads import (
 )
 from .sqlite_schema import SCHEMA_VERSION, last_seq
 from .sqlite_state import read_state
+from .sqlite_state import replace as replace_state
 from .sqlite_writer import Append, SqliteWriter
-from .state import StateKind
+from .state import StateKind, StateTable
 
 __all__ = ["SCHEMA_VERSION", "SqliteEventStore"]
 
@@ -156,6 +157,10 @@ class SqliteEventStore(BaseEventStore[Suspect]):
         """The lockers or open help requests, with the position they reflect."""
         epoch = self.epoch
         return await self._open_readers().run(lambda conn: read_state(conn, kind, epoch))
+
+    async def _replace_state(self, table: StateTable, positions: dict[str, int]) -> bool:
+        writer = self._open_writer()
+        return await writer.call(functools.partial(replace_state, table=table, positions=positions))
 
     async def stats(self) -> StoreStats:
         """Counts of unexpired events per namespace, seq ranges, evictions by reason."""

@@ -63,19 +63,7 @@ def create(conn: sqlite3.Connection) -> None:
             for seq, crc, body in rows:
                 if fault(crc, body, seq, namespace) is None:
                     table.fold({**json.loads(body), "seq": seq})
-        for kind in STATE_NAMESPACES:
-            for key, entry in table.entries[kind].items():
-                blob = encode(entry)
-                conn.execute(
-                    "INSERT INTO state (kind, key, status, crc, body) VALUES (?, ?, ?, ?, ?)",
-                    (
-                        kind,
-                        key,
-                        str(entry.get("status", "")) if kind == "help" else "",
-                        checksum(blob),
-                        blob,
-                    ),
-                )
+        _insert(conn, table)
     store_logger.info("sqlite store: state built from the history held")
 
 
@@ -114,3 +102,25 @@ def read_state(conn: sqlite3.Connection, kind: str, epoch: str) -> StateSnapshot
         entries.append(json.loads(body))
     namespace = STATE_NAMESPACES[kind]
     return StateSnapshot(sort_entries(kind, entries), last_seq(conn, namespace), epoch)
+
+
+def replace(conn: sqlite3.Connection, table: StateTable, positions: dict[str, int]) -> bool:
+    """On the writer: make ``table`` the state, if the namespaces are still at ``positions``."""
+    with transaction(conn):
+        for kind, namespace in STATE_NAMESPACES.items():
+            if last_seq(conn, namespace) != positions[kind]:
+                return False
+        conn.execute("DELETE FROM state")
+        _insert(conn, table)
+    return True
+
+
+def _insert(conn: sqlite3.Connection, table: StateTable) -> None:
+    for kind in STATE_NAMESPACES:
+        for key, entry in table.entries[kind].items():
+            blob = encode(entry)
+            status = str(entry.get("status", "")) if kind == "help" else ""
+            conn.execute(
+                "INSERT INTO state (kind, key, status, crc, body) VALUES (?, ?, ?, ?, ?)",
+                (kind, key, status, checksum(blob), blob),
+            )

@@ -22,6 +22,7 @@ from typing import Any, Final, Literal
 
 from ..errors import ConflictError
 from ..events import HELP_NS, LOCKERS_NS, Event
+from .base import EventStore
 
 #: The two kinds of state, and the namespace whose position each reflects.
 StateKind = Literal["lockers", "help"]
@@ -179,3 +180,21 @@ class StateTable:
     def listed(self, kind: str) -> list[dict[str, Any]]:
         """Copies of the entries of ``kind``, in the routes' order."""
         return sort_entries(kind, [dict(entry) for entry in self.entries[kind].values()])
+
+
+async def fold_history(store: EventStore, page: int = 1000) -> tuple[StateTable, dict[str, int]]:
+    """The state the held history implies, and the namespace positions it reflects
+    (for ``rebuild_state``: after a restore, or for a store from before the state)."""
+    table = StateTable()
+    positions: dict[str, int] = {}
+    for kind, namespace in STATE_NAMESPACES.items():
+        after = 0
+        while True:
+            result = await store.page(namespace, after_seq=after, limit=page)
+            for event in result.events:
+                table.fold(event)
+            if not result.has_more or not result.events:
+                positions[kind] = result.last_seq
+                break
+            after = result.events[-1]["seq"]
+    return table, positions
