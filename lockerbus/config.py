@@ -252,25 +252,19 @@ def _parse_origins(key: str, value: Any) -> tuple[str, ...] | None:
 
 def _parse_retention(key: str, value: Any) -> dict[str, dict[str, float]]:
     """``{namespace: {max_events?, ttl_hours?}}``: a TOML table, or JSON in the environment."""
-    if isinstance(value, str):
-        if not value.strip():
-            return {}
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise ConfigError(key, f"expected a JSON object, got {value!r} ({exc})") from None
+    try:
+        value = (json.loads(value) if value.strip() else {}) if isinstance(value, str) else value
+    except ValueError as exc:
+        raise ConfigError(key, f"expected a JSON object, got {value!r} ({exc})") from None
     if not isinstance(value, dict):
         raise ConfigError(key, f"expected a table of namespaces, got {value!r}")
     parsed: dict[str, dict[str, float]] = {}
     for namespace, limits in value.items():
         if namespace not in NAMESPACE_NAMES:
-            raise ConfigError(
-                key, f"{namespace!r} is not a namespace (one of {', '.join(NAMESPACE_NAMES)})"
-            )
+            names = ", ".join(NAMESPACE_NAMES)
+            raise ConfigError(key, f"{namespace!r} is not a namespace (one of {names})")
         if not isinstance(limits, dict) or not limits:
-            raise ConfigError(
-                key, f"{namespace}: expected a table with max_events and/or ttl_hours"
-            )
+            raise ConfigError(key, f"{namespace}: expected a table of max_events, ttl_hours")
         entry: dict[str, float] = {}
         for name, raw in limits.items():
             where = f"{namespace}.{name}"
