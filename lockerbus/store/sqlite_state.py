@@ -67,11 +67,32 @@ def create(conn: sqlite3.Connection) -> None:
     store_logger.info("sqlite store: state built from the history held")
 
 
+_UPSERT: Final = (
+    "INSERT INTO state (kind, key, status, crc, body) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (kind, key) DO UPDATE SET "
+    "status = excluded.status, crc = excluded.crc, body = excluded.body"
+)
+
+Row = tuple[str, str, str, int, bytes]
+
+
+def locker_row(change: StateChange, seq: int) -> Row:
+    """The row a locker change writes (never refused, independent of the row before):
+    the writer collects a batch's and writes them with :func:`upsert` in one go."""
+    body = encode(merged(None, change, seq))
+    return change.state, change.key, change.status, checksum(body), body
+
+
+def upsert(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    """Write state rows (in order: a later row for a key wins)."""
+    conn.executemany(_UPSERT, rows)
+
+
 def check_and_apply(
     conn: sqlite3.Connection, change: StateChange, seq: int
 ) -> ConflictError | None:
     """Inside the append's transaction: the refusal, or write ``change`` as of ``seq``."""
-    current = _current(conn, change)
+    current = None if change.kind == "locker" else _current(conn, change)
     if change.kind != "locker":
         error = refusal(change, None if current is None else current[0])
         if error is not None:
@@ -81,12 +102,7 @@ def check_and_apply(
         return None
     entry = merged(None if current is None else current[1], change, seq)
     body = encode(entry)
-    conn.execute(
-        "INSERT INTO state (kind, key, status, crc, body) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT (kind, key) DO UPDATE SET "
-        "status = excluded.status, crc = excluded.crc, body = excluded.body",
-        (change.state, change.key, change.status, checksum(body), body),
-    )
+    conn.execute(_UPSERT, (change.state, change.key, change.status, checksum(body), body))
     return None
 
 

@@ -45,7 +45,7 @@ from .sqlite_schema import (
     transaction,
     unavailable,
 )
-from .sqlite_state import check_and_apply
+from .sqlite_state import Row, check_and_apply, locker_row, upsert
 from .sqlite_state import create as create_state
 from .state import change_of
 
@@ -241,6 +241,7 @@ class SqliteWriter:
         namespaces written."""
         now = self.clock()
         last: dict[str, int] = {}
+        state_rows: list[Row] = []  # locker state rows of this batch, written together
         rows = []
         for i, job in enumerate(jobs):
             namespace = job.event["namespace"]
@@ -257,7 +258,11 @@ class SqliteWriter:
                 continue
             # the state (contract §11), in this same transaction; a refusal takes no seq
             change = change_of(job.event)
-            refused = None if change is None else check_and_apply(conn, change, seq + 1)
+            refused = None
+            if change is not None and change.kind == "locker":
+                state_rows.append(locker_row(change, seq + 1))
+            elif change is not None:
+                refused = check_and_apply(conn, change, seq + 1)
             if refused is not None:
                 results[i] = (job.future, None, refused)
                 last[namespace] = seq
@@ -269,6 +274,7 @@ class SqliteWriter:
             results[i] = (job.future, stored, None)
         conn.executemany(INSERT_EVENT, rows)
         conn.executemany(UPSERT_LAST, last.items())
+        upsert(conn, state_rows)
         for namespace, count in Counter(row[0] for row in rows).items():
             held(conn, namespace, count)
         return list(last)
