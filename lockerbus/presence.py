@@ -25,6 +25,7 @@ from typing import Any, Final
 import orjson
 from redis.exceptions import RedisError
 
+from .errors import StoreUnavailableError
 from .log import server_logger
 from .redisconn import connect, split_url
 
@@ -38,8 +39,8 @@ return 1
 HEARTBEAT_SECONDS: Final = 5.0
 
 
-class PresenceError(Exception):
-    """Redis could not answer a presence question."""
+class PresenceError(StoreUnavailableError):
+    """Redis could not answer a presence question (503 ``store_unavailable`` over HTTP)."""
 
 
 class Presence:

@@ -128,3 +128,28 @@ async def test_two_instances_read_one_state_and_one_racing_agent_wins(
         assert help_a["last_seq"] == won[0]["event"]["seq"]
     finally:
         await asyncio.gather(a.stopped(), b.stopped())
+
+
+@pytest.mark.needs_redis
+async def test_a_redis_store_from_before_the_state_gets_it_on_open(
+    redis_server: RedisServer,
+) -> None:
+    import redis.asyncio as aioredis
+
+    from lockerbus.store import open_store
+    from tests.storekit import help_event, locker_event
+
+    url = f"{redis_server.url}?prefix=old"
+    async with open_store(url) as store:
+        await store.append(locker_event("k1", "L1", "open"))
+        await store.append(help_event(31))
+        before = (await store.read_state("lockers"), await store.read_state("help"))
+    client = aioredis.from_url(redis_server.url)
+    try:  # what a store written by an older lockerbus lacks
+        keys = ["lockers", "help", "help:status", "help:upd", "built"]
+        await client.delete(*(f"old:state:{k}" for k in keys))
+    finally:
+        await client.aclose()
+    async with open_store(url) as store:
+        assert (await store.read_state("lockers"), await store.read_state("help")) == before
+        assert len(before[0].entries) == len(before[1].entries) == 1

@@ -128,6 +128,10 @@ class BaseEventStore(abc.ABC, Generic[S]):
             raise StoreUnavailableError(f"{self._name} was closed while starting")
         self._state = "open"
         self._cleaner = asyncio.create_task(self._cleanup_forever(), name="lockerbus-cleanup")
+        await self._opened()
+
+    async def _opened(self) -> None:
+        """Once open: what a backend does before serving (nothing by default)."""
 
     async def close(self) -> None:
         """Stop the cleanup loop and release the backend. Idempotent."""

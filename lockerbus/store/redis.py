@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from ..errors import StoreUnavailableError
 from ..events import Event
+from ..log import store_logger
 from ..recovery import decide
 from ..redisconn import (
     COMMAND_TIMEOUT_SECONDS,
@@ -178,6 +179,18 @@ class RedisEventStore(BaseEventStore[Suspect]):
         self._writer = RedisWriter(
             self._link, self._options, self._clock, lambda: self.epoch, self._learn
         )
+
+    async def _opened(self) -> None:
+        """A Redis store written before the state existed gets it from its history, once."""
+        link = self._link
+        try:
+            if await link.call(link.client.exists(f"{self._prefix}:state:built")):
+                return
+            entries = await self.rebuild_state()
+        except StoreUnavailableError as exc:
+            store_logger.warning("%s: state not built from history yet: %s", link.name, exc.message)
+            return
+        store_logger.info("%s: state built from the history held (%d entries)", link.name, entries)
 
     async def _release(self) -> None:
         """Stop the append queue (failing what is still queued), close the connections."""

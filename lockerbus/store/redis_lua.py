@@ -15,6 +15,8 @@ Keys, all under one prefix ``P`` (``ARGV[1]`` of every script):
 * ``P:state:help:status`` hash: open help id -> its current status
 * ``P:state:help:upd``    hash: open help id -> its last update (JSON, with seq), if any
 
+``P:state:built`` says the state is complete (set for a new sequence space, and
+by a rebuild); a store from before the state has history but not this key.
 The ``state`` keys (contract §11) are never expired or evicted: only the
 APPEND script's state section (below) writes them, in the step that appends.
 
@@ -46,6 +48,7 @@ local function ensure_epoch(candidate)
   redis.call('DEL', P .. ':seq', P .. ':exp', P .. ':order')
   redis.call('DEL', P .. ':state:lockers', P .. ':state:help', P .. ':state:help:status',
     P .. ':state:help:upd')
+  redis.call('SET', P .. ':state:built', '1')
   redis.call('SET', P .. ':epoch', candidate)
   return candidate
 end
@@ -332,6 +335,7 @@ for i = 7 + 2 * lockers, #ARGV, 3 do
   redis.call('HSET', P .. ':state:help', ARGV[i], ARGV[i + 1])
   redis.call('HSET', P .. ':state:help:status', ARGV[i], ARGV[i + 2])
 end
+redis.call('SET', P .. ':state:built', '1')
 return 1
 """
 )
