@@ -1,8 +1,8 @@
 """create_app(settings): builds every collaborator, passes each in through its
 constructor, and opens and closes the resources in order.
 
-One aiohttp cleanup context per resource (store -> projection -> presence ->
-command claims -> relay -> sockets): when one fails to start, aiohttp runs the cleanup of those
+One aiohttp cleanup context per resource (store -> presence -> command claims
+-> relay -> sockets): when one fails to start, aiohttp runs the cleanup of those
 already started, so nothing is left open.
 """
 
@@ -23,6 +23,7 @@ from .delivery import Background, Broadcaster, CatchUp, Hub
 from .events import NAMESPACES
 from .http import Handler, HttpApi, errors_middleware
 from .kiosk_link import SocketKioskLink
+from .kiosks import KioskBook, KioskTracker, LocalBook, status_listener
 from .limits import RoleLimits
 from .log import app_logger
 from .metrics import Metrics
@@ -31,7 +32,7 @@ from .server import LockerbusNamespace, LockerbusServer, SocketServices
 from .service import EventService
 from .sockets import Sockets
 from .stats import Stats
-from .store import EventStore, StoreOptions, open_store
+from .store import EventStore, Retention, StoreOptions, open_store
 
 if TYPE_CHECKING:  # cluster mode only: presence needs redis, an optional extra
     from .cluster import ChannelInbox, ClusterRedisManager, ClusterRelay
@@ -54,6 +55,10 @@ def store_options(settings: Settings) -> StoreOptions:
         max_events=settings.max_events,
         ttl_seconds=settings.ttl_seconds,
         cleanup_interval_seconds=settings.cleanup_interval_minutes * 60,
+        namespaces={
+            namespace: Retention(*settings.namespace_retention(namespace))
+            for namespace in settings.retention
+        },
     )
 
 
@@ -109,15 +114,17 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     )
     relay = cluster.relay(hub, store, catchup.resync) if cluster is not None else None
     broadcaster: Broadcaster = relay if relay is not None else hub
+    presence = cluster.presence if cluster is not None else None
+    book: KioskBook = presence if presence is not None else LocalBook()
     bus = EventBus(
         service,
         store,
         metrics,
         broadcaster,
-        on_stored=[projection.apply],
+        on_stored=[status_listener(book, tasks)],
         help_kiosk=functools.partial(projection.help_kiosk, store),
     )
-    presence = cluster.presence if cluster is not None else None
+    kiosks = KioskTracker(bus, book, tasks, grace_seconds=settings.kiosk_offline_grace_seconds)
     commands = CommandService(
         bus,
         SocketKioskLink(sio, hub, presence),
@@ -127,7 +134,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     verifier = TokenVerifier(secret, settings.previous_secrets)
     limits = RoleLimits(settings.role_rate_limits())  # per principal, sockets and HTTP
     services = SocketServices(
-        settings, verifier, limits, hub, catchup, bus, commands, metrics, tasks, presence
+        settings, verifier, limits, hub, catchup, bus, commands, metrics, tasks, presence, kiosks
     )
     sio.serve([LockerbusNamespace(ns, services) for ns in NAMESPACES], settings)
     sio.attach(app)
@@ -148,6 +155,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         verifier=verifier,
         store=store,
         projection=projection,
+        kiosks=kiosks,
         board_enabled=settings.board_enabled,
     ).add_routes(app)
     if settings.cors_origins:
@@ -162,7 +170,6 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     app.cleanup_ctx.extend(
         [
             _store_context(store),
-            _projection_context(projection, store),
             _presence_context(presence, hub),
             _claims_context(cluster.claims if cluster is not None else None),
             _relay_context(relay, sio),
@@ -230,14 +237,6 @@ def _store_context(store: EventStore) -> Context:
         finally:
             await store.close()
             app_logger.info("lockerbus stopped")
-
-    return context
-
-
-def _projection_context(projection: Projection, store: EventStore) -> Context:
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        await projection.rebuild(store)
-        yield
 
     return context
 

@@ -17,6 +17,7 @@ from .auth import Principal, authorize_publish, authorize_scope, check_publish_r
 from .delivery.hub import Broadcaster
 from .errors import (
     BadRequestError,
+    ConflictError,
     LockerbusError,
     StoreUnavailableError,
     UnknownEventTypeError,
@@ -156,7 +157,7 @@ class EventBus:
         self._idle.clear()
         try:
             return await self.store.append(event, ttl_seconds=ttl_seconds)
-        except StoreUnavailableError:
+        except (StoreUnavailableError, ConflictError):  # ConflictError: the state refused it
             raise
         except Exception as exc:  # a backend bug must not look like success
             server_logger.exception("store append failed")

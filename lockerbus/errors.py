@@ -91,6 +91,14 @@ class RateLimitedError(LockerbusError):
     http_status = 429
 
 
+class ConflictError(LockerbusError):
+    """The request contradicts the current state (contract §11: a help request
+    opened twice, or moved from a status it is not in)."""
+
+    code = "conflict"
+    http_status = 409
+
+
 class StoreUnavailableError(LockerbusError):
     """The event store could not take or give events; nothing was half-written."""
 

@@ -26,6 +26,7 @@ from .delivery import Background, CatchUp, Connection, Hub, parse_replay_request
 from .errors import BadRequestError, ForbiddenError, LockerbusError
 from .events import EVENTS_NS, KIOSK_ROOM_PREFIX, NAMESPACES
 from .fanout import Sender
+from .kiosks import KioskTracker
 from .limits import RoleLimits, TokenBucket
 from .log import server_logger
 from .metrics import Metrics
@@ -67,6 +68,8 @@ class SocketServices:
     metrics: Metrics
     tasks: Background
     presence: Presence | None = None
+    #: kiosk presence and its announcements (contract §11); None: not tracked
+    kiosks: KioskTracker | None = None
 
 
 class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
@@ -108,6 +111,8 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             svc.hub.join(conn, KIOSK_ROOM_PREFIX + principal.sub)
             if svc.presence is not None:  # before the connection is confirmed: commands find it
                 await svc.presence.add(principal.sub, sid)
+        if principal.role == "kiosk" and svc.kiosks is not None:
+            svc.kiosks.connected(principal.sub, sid)
         server_logger.info(
             "connected sid=%s namespace=%s sub=%s role=%s", sid, ns, principal.sub, principal.role
         )
@@ -128,6 +133,8 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         svc.hub.remove(conn)
         if svc.presence is not None and held_kiosk:
             svc.tasks.spawn(svc.presence.remove(conn.principal.sub, sid))
+        if conn.principal.role == "kiosk" and svc.kiosks is not None:
+            svc.kiosks.disconnected(conn.principal.sub, sid)
         server_logger.info(
             "disconnected sid=%s namespace=%s reason=%s", sid, conn.namespace, reason
         )

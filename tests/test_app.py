@@ -21,7 +21,6 @@ def test_one_cleanup_context_per_resource_in_order() -> None:
     names = [ctx.__qualname__.split(".")[0] for ctx in app.cleanup_ctx]
     assert names == [
         "_store_context",
-        "_projection_context",
         "_presence_context",
         "_claims_context",
         "_relay_context",
@@ -29,7 +28,7 @@ def test_one_cleanup_context_per_resource_in_order() -> None:
     ]
 
 
-@pytest.mark.parametrize("fail_at", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("fail_at", [1, 2, 3, 4, 5])
 async def test_a_failure_while_starting_closes_what_was_already_open(fail_at: int) -> None:
     store = open_store("memory", StoreOptions())
     app = create_app(Settings(secret=SECRET), store=store)

@@ -9,12 +9,20 @@ import importlib
 from collections.abc import Callable
 
 from ..config import MEMORY_URL, SQLITE_PREFIX, validate_store_url
-from .base import EventStore, NamespaceStats, ReplayResult, StoreOptions, StoreStats
+from .base import (
+    EventStore,
+    NamespaceStats,
+    ReplayResult,
+    Retention,
+    StoreOptions,
+    StoreStats,
+)
 
 __all__ = [
     "EventStore",
     "NamespaceStats",
     "ReplayResult",
+    "Retention",
     "StoreOptions",
     "StoreStats",
     "open_store",

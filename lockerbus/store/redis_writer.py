@@ -20,6 +20,7 @@ from ..events import Event
 from .base import StoreOptions
 from .codec import encode, new_epoch
 from .redis_link import RedisLink
+from .state import StateChange, change_of, refusal
 
 _MAX_BATCH: Final = 256
 _EPOCH_ROUNDS: Final = 3
@@ -34,6 +35,16 @@ class _Append:
     epoch: str
     body: bytes
     future: asyncio.Future[Event]
+    change: StateChange | None
+    state_args: list[str | bytes]
+
+
+def state_args(change: StateChange | None) -> list[str | bytes]:
+    """The APPEND script's state arguments (contract §11): kind, key, record, status,
+    expected status; all empty for an event that changes no state."""
+    if change is None:
+        return ["", "", "", "", ""]
+    return [change.kind, change.key, encode(change.record), change.status, change.expected]
 
 
 def body(event: Event, epoch: str) -> bytes:
@@ -66,8 +77,11 @@ class RedisWriter:
         """Queue ``event`` and wait until Redis numbered and stored it."""
         epoch = self._epoch()
         encoded = body(event, epoch)  # here: a TypeError reaches the caller, no seq spent
+        change = change_of(event)
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Append(event, namespace, at, ttl, epoch, encoded, future))
+        self._queue.put_nowait(
+            _Append(event, namespace, at, ttl, epoch, encoded, future, change, state_args(change))
+        )
         return await future
 
     async def stop(self) -> None:
@@ -123,10 +137,11 @@ class RedisWriter:
                         repr(job.at),
                         repr(now + job.ttl),
                         repr(now),
-                        self._options.max_events,
+                        self._options.retention(job.namespace).max_events,
                         job.epoch,
                         new_epoch(),
                         link.channel,
+                        *job.state_args,
                     ],
                     client=pipe,
                 )
@@ -138,9 +153,14 @@ class RedisWriter:
             if isinstance(result, Exception):
                 job.future.set_exception(link.unavailable(result))
                 continue
-            seq, current_epoch = result
+            seq, current_epoch = result[0], result[1]
             self._learn(current_epoch)
-            if seq:
+            if int(seq) < 0 and job.change is not None:  # the state refused it: no seq spent
+                status = result[2].decode() if len(result) > 2 and result[2] else None
+                job.future.set_exception(
+                    refusal(job.change, status) or StoreUnavailableError("refused")
+                )
+            elif seq:
                 job.future.set_result({**job.event, "seq": int(seq), "epoch": job.epoch})
             else:
                 retry.append(job)
