@@ -11,6 +11,12 @@
 // counted by n per subscriber: lost (acked {ok: true} but never received),
 // duplicates, out of order.
 //
+// With --kiosks=K the first K subscribers are kiosks (the driver gives them kiosk
+// tokens, each scoped to its own kiosk-<i>) and event n is about kiosk-<n % K>:
+// a kiosk expects only its own kiosk's events, a panel every event. With
+// --unscoped (a server without scopes) every subscriber expects every event.
+// A delivery a subscriber did not expect counts as leaked.
+//
 // Modes:
 //   fanout      publish at --rate events/s for --duration s (at most --window unacked)
 //   throughput  keep --window publishes in flight for --duration s (closed loop)
@@ -93,7 +99,7 @@ class Samples {
 function connect(cfg, token, { subscribe, onEvent, counters }) {
   return new Promise((resolve, reject) => {
     const t0 = nowMs();
-    const state = { seen: new Bits(), last: -1, socket: null, connectMs: 0 };
+    const state = { seen: new Bits(), last: -1, socket: null, connectMs: 0, kiosk: -1 };
     const socket = io(`${cfg.origin}${cfg.namespace}`, {
       transports: ["websocket"],
       forceNew: true,
@@ -166,6 +172,7 @@ async function workerMain() {
   let duplicates = 0;
   let reordered = 0;
   let unknownPayloads = 0;
+  let leaked = 0;
   let eventBytes = null;
   const loop = monitorEventLoopDelay({ resolution: 5 });
 
@@ -178,6 +185,10 @@ async function workerMain() {
     const now = nowMs();
     eventBytes ??= JSON.stringify(envelope).length;
     const n = meta.n;
+    if (!expects(cfg, sub, n)) {
+      leaked++;
+      return;
+    }
     if (sub.seen.has(n)) {
       duplicates++;
       return;
@@ -204,7 +215,9 @@ async function workerMain() {
       const acked = new Bits(msg.acked);
       let lost = 0;
       for (const sub of subscribers) {
-        for (let n = 0; n < msg.published; n++) if (acked.has(n) && !sub.seen.has(n)) lost++;
+        for (let n = 0; n < msg.published; n++) {
+          if (acked.has(n) && expects(cfg, sub, n) && !sub.seen.has(n)) lost++;
+        }
       }
       for (const sub of subscribers) sub.socket.close();
       const latencies = latency.toArray();
@@ -217,6 +230,7 @@ async function workerMain() {
           duplicates,
           reordered,
           unknownPayloads,
+          leaked,
           eventBytes,
           latencies,
           replayCompletes: counters.replayCompletes,
@@ -234,6 +248,7 @@ async function workerMain() {
     while (next < cfg.tokens.length) {
       const i = next++;
       const sub = await connect(cfg, cfg.tokens[i], { subscribe: true, onEvent, counters });
+      if (cfg.offset + i < cfg.kiosks && !cfg.unscoped) sub.kiosk = cfg.offset + i;
       subscribers.push(sub);
       connectLatency.push(sub.connectMs);
     }
@@ -288,6 +303,8 @@ function parseOptions() {
       "storm-events": { type: "string", default: "10" },
       batch: { type: "string", default: "100" },
       tokens: { type: "string" },
+      kiosks: { type: "string", default: "0" },
+      unscoped: { type: "boolean", default: false },
       "replay-complete": { type: "boolean", default: false },
     },
   });
@@ -328,17 +345,29 @@ function parseOptions() {
     batch: num("batch", 1, 1000),
     tokens: opt.tokens ? JSON.parse(readFileSync(opt.tokens, "utf8")) : {},
     replayComplete: opt["replay-complete"],
+    kiosks: num("kiosks", 0, clients),
+    unscoped: opt.unscoped,
   };
 }
 
+// Whether subscriber `sub` should receive event n (see --kiosks above).
+function expects(cfg, sub, n) {
+  return sub.kiosk < 0 || n % cfg.kiosks === sub.kiosk;
+}
+
+// Deliveries each event should make.
+function perEvent(cfg) {
+  return cfg.kiosks > 0 && !cfg.unscoped ? cfg.clients - cfg.kiosks + 1 : cfg.clients;
+}
+
 const STATES = ["closed", "open"];
-function makeData(n, t) {
+function makeData(n, t, kiosks = 0) {
   // ~380 bytes as a lockerbus envelope; oldState always differs from newState
   return {
     lockerId: `locker-${String(n % 48).padStart(3, "0")}`,
     oldState: STATES[n % 2],
     newState: STATES[(n + 1) % 2],
-    kioskId: "kiosk-0017",
+    kioskId: kiosks > 0 ? `kiosk-${n % kiosks}` : "kiosk-0017",
     userId: "user-0042",
     metadata: { t, n },
   };
@@ -364,7 +393,7 @@ async function main() {
     const hi = Math.floor((cfg.clients * (w + 1)) / cfg.workers);
     const tokens = Array.from({ length: hi - lo }, (_, i) => subTokens[(lo + i) % subTokens.length]);
     const worker = new Worker(new URL(import.meta.url), {
-      workerData: { ...cfg, tokens: tokens, concurrency: Math.max(1, Math.ceil(cfg.concurrency / cfg.workers)) },
+      workerData: { ...cfg, tokens: tokens, offset: lo, concurrency: Math.max(1, Math.ceil(cfg.concurrency / cfg.workers)) },
     });
     progress.push(0);
     ready.push(
@@ -417,7 +446,7 @@ async function main() {
     outstanding++;
     publisher
       .timeout(cfg.ackTimeout)
-      .emit("publish", { type: cfg.type, data: makeData(n, t) }, (err, ack) => {
+      .emit("publish", { type: cfg.type, data: makeData(n, t, cfg.kiosks) }, (err, ack) => {
         outstanding--;
         if (err) {
           ackTimeouts++;
@@ -453,7 +482,7 @@ async function main() {
     const t = nowMs();
     if (t >= measureFrom) measuredPublished += items;
     outstanding += items;
-    const events = Array.from({ length: items }, (_, i) => ({ type: cfg.type, data: makeData(first + i, t) }));
+    const events = Array.from({ length: items }, (_, i) => ({ type: cfg.type, data: makeData(first + i, t, cfg.kiosks) }));
     const path = cfg.mode === "batch" ? "/api/events/batch" : "/api/events";
     const body = JSON.stringify(cfg.mode === "batch" ? { events } : events[0]);
     fetch(`${cfg.origin}${path}`, {
@@ -541,7 +570,7 @@ async function main() {
   const drainStart = nowMs();
   const delivered = () => progress.reduce((a, b) => a + b, 0);
   while (nowMs() - drainStart < cfg.drainTimeout) {
-    if (outstanding === 0 && delivered() >= ackedOk * cfg.clients) break;
+    if (outstanding === 0 && delivered() >= ackedOk * perEvent(cfg)) break;
     await sleep(10);
   }
   const drainMs = nowMs() - drainStart;
@@ -586,7 +615,9 @@ async function main() {
     accepted_per_s: Math.round((measuredAcked / seconds) * 10) / 10,
     deliveries: sum("unique"),
     deliveries_per_s: Math.round(sum("measured") / seconds),
-    expected_deliveries: ackedOk * cfg.clients,
+    expected_deliveries: ackedOk * perEvent(cfg),
+    kiosks: cfg.kiosks,
+    leaked: sum("leaked"),
     lost: sum("lost"),
     duplicates: sum("duplicates"),
     reordered: sum("reordered"),

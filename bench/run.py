@@ -58,6 +58,8 @@ class Scenario:
     idle_hold: float = 2.0
     storm_events: int = 10
     batch: int = 100
+    #: the first ``kiosks`` subscribers are kiosks, each scoped to its own kiosk
+    kiosks: int = 0
 
     @property
     def ingest(self) -> bool:
@@ -75,6 +77,7 @@ class Scenario:
             f"--idle-hold={self.idle_hold:g}",
             f"--storm-events={self.storm_events}",
             f"--batch={self.batch}",
+            f"--kiosks={self.kiosks}",
         ]
 
     def time_budget(self) -> float:
@@ -91,6 +94,15 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("fanout_100x200", "100 clients × 200 events/s", "fanout", 100, rate=200, window=4),
         Scenario(
             "fanout_1000x20", "1,000 clients × 20 events/s", "fanout", 1000, rate=20, window=4
+        ),
+        Scenario(
+            "fanout_kiosks_1000",
+            "900 own-scope kiosks + 100 panels × 100 events/s",
+            "fanout",
+            1000,
+            rate=100,
+            window=4,
+            kiosks=900,
         ),
         Scenario("throughput_1", "1 client, max throughput", "throughput", 1, window=64),
         Scenario("ingest_http", "HTTP publish, 16 in flight", "http", 1, window=16),
@@ -124,12 +136,18 @@ class Target:
     replay_complete: bool = False
     python: bool = True
 
-    def tokens(self, clients: int) -> dict[str, Any]:
+    def tokens(self, clients: int, kiosks: int = 0) -> dict[str, Any]:
+        """The publisher's token and one per subscriber: ``kiosks`` kiosk tokens, then panels."""
         if self.issue is None:
             return {"publisher": "bench", "subscribers": ["bench"]}
         return {
             "publisher": self.issue("gateway", "bench-gateway"),
-            "subscribers": [self.issue("panel", f"bench-panel-{i}") for i in range(clients)],
+            "subscribers": [
+                self.issue("kiosk", f"kiosk-{i}")
+                if i < kiosks
+                else self.issue("panel", f"bench-panel-{i}")
+                for i in range(clients)
+            ],
         }
 
 
@@ -162,11 +180,8 @@ def lockerbus_target() -> Target:
     except ImportError as exc:
         raise Unavailable(f"lockerbus.auth.issue_token: {exc}") from None
     secret = secrets.token_urlsafe(36)  # 48 characters
-    env = {
-        "LOCKERBUS_SECRET": secret,
-        "LOCKERBUS_LOG_LEVEL": "WARNING",
-        # default limits: the publisher is a gateway, which no limit applies to
-    }
+    # the gateway that publishes is not rate limited by default (contract §2)
+    env = {"LOCKERBUS_SECRET": secret, "LOCKERBUS_LOG_LEVEL": "WARNING"}
     return Target(
         name="lockerbus",
         title="lockerbus",
@@ -318,6 +333,8 @@ def run_loadgen(
     ]
     if server.target.replay_complete:
         command.append("--replay-complete")
+    if server.target.issue is None:  # no tokens, no scopes: every subscriber gets every event
+        command.append("--unscoped")
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=BENCH
     )
@@ -355,7 +372,7 @@ def run_one(target: Target, scenario: Scenario, workdir: Path, quiet_wait: float
     """Start ``target``, run ``scenario`` against it, stop it; the measurements."""
     waited, busy = wait_quiet(quiet_wait) if quiet_wait > 0 else (0.0, None)
     tokens_path = workdir / f"{scenario.name}-{target.name}-tokens.json"
-    tokens_path.write_text(json.dumps(target.tokens(scenario.clients)))
+    tokens_path.write_text(json.dumps(target.tokens(scenario.clients, scenario.kiosks)))
     server = Server(target, workdir, scenario.name)
     try:
         server.wait_ready()
@@ -429,7 +446,7 @@ def run_profiled(target: Target, scenario: Scenario, workdir: Path, out: Path) -
     if not Path(py_spy).exists():
         raise SystemExit("--profile needs py-spy (pip install py-spy into .venv)")
     tokens_path = workdir / f"{scenario.name}-{target.name}-tokens.json"
-    tokens_path.write_text(json.dumps(target.tokens(scenario.clients)))
+    tokens_path.write_text(json.dumps(target.tokens(scenario.clients, scenario.kiosks)))
     server = Server(target, workdir, scenario.name)
     try:
         server.wait_ready()
@@ -814,7 +831,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name] = run
                 print(f"bench:   {summary_line(run)}", file=sys.stderr, flush=True)
                 if run["status"] == "failed" or (
-                    run["status"] == "ok" and (run["lost"] or run["duplicates"])
+                    run["status"] == "ok"
+                    and (run["lost"] or run["duplicates"] or run.get("leaked"))
                 ):
                     failed = True
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -861,7 +879,8 @@ def summary_line(run: dict[str, Any]) -> str:
     return (
         f"ok · {run['events_per_s']} ev/s · {run['deliveries_per_s']} deliveries/s · "
         f"p50 {lat.get('p50')} p99 {lat.get('p99')} ms · lost {run['lost']} "
-        f"dup {run['duplicates']} · CPU {srv.get('cpu_us_per_delivery')} µs/delivery · "
+        f"dup {run['duplicates']} leaked {run.get('leaked', 0)} · "
+        f"CPU {srv.get('cpu_us_per_delivery')} µs/delivery · "
         f"connect {run['connect_ms']} ms · background CPU {srv.get('background_cpu_pct')}%"
     )
 

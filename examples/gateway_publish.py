@@ -52,6 +52,22 @@ async def main() -> None:
                 },
             },
         )
+        # a help request, then its move: a move of a request not open is a 409 conflict
+        await publish(
+            http,
+            args.url,
+            {
+                "type": "help_requested",
+                "data": {
+                    "id": 42,
+                    "kiosk_id": "kiosk-1",
+                    "category": "hardware_problem",
+                    "status": "open",
+                    "created_at": now,
+                    "priority": "high",
+                },
+            },
+        )
         await publish(
             http,
             args.url,

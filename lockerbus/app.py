@@ -1,8 +1,8 @@
 """create_app(settings): builds every collaborator, passes each in through its
 constructor, and opens and closes the resources in order.
 
-One aiohttp cleanup context per resource (store -> projection -> presence ->
-relay -> sockets): when one fails to start, aiohttp runs the cleanup of those
+One aiohttp cleanup context per resource (store -> presence -> command claims
+-> relay -> sockets): when one fails to start, aiohttp runs the cleanup of those
 already started, so nothing is left open.
 """
 
@@ -23,6 +23,7 @@ from .delivery import Background, Broadcaster, CatchUp, Hub
 from .events import NAMESPACES
 from .http import Handler, HttpApi, errors_middleware
 from .kiosk_link import SocketKioskLink
+from .kiosks import KioskBook, KioskTracker, LocalBook, status_listener
 from .limits import RoleLimits
 from .log import app_logger
 from .metrics import Metrics
@@ -31,10 +32,11 @@ from .server import LockerbusNamespace, LockerbusServer, SocketServices
 from .service import EventService
 from .sockets import Sockets
 from .stats import Stats
-from .store import EventStore, StoreOptions, open_store
+from .store import EventStore, Retention, StoreOptions, open_store
 
 if TYPE_CHECKING:  # cluster mode only: presence needs redis, an optional extra
     from .cluster import ChannelInbox, ClusterRedisManager, ClusterRelay
+    from .command_claims import RedisCommandClaims
     from .presence import Presence
 
 SETTINGS: Final = web.AppKey("settings", Settings)
@@ -53,6 +55,10 @@ def store_options(settings: Settings) -> StoreOptions:
         max_events=settings.max_events,
         ttl_seconds=settings.ttl_seconds,
         cleanup_interval_seconds=settings.cleanup_interval_minutes * 60,
+        namespaces={
+            namespace: Retention(*settings.namespace_retention(namespace))
+            for namespace in settings.retention
+        },
     )
 
 
@@ -89,7 +95,11 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     store = store or open_store(settings.store, store_options(settings))
     projection = Projection()
     tasks = Background()
-    cluster = _Cluster(settings.message_queue, settings.store) if settings.message_queue else None
+    cluster = (
+        _Cluster(settings.message_queue, settings.store, metrics)
+        if settings.message_queue
+        else None
+    )
     sio = LockerbusServer(
         settings, tasks, client_manager=cluster.manager if cluster is not None else None
     )
@@ -104,24 +114,27 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     )
     relay = cluster.relay(hub, store, catchup.resync) if cluster is not None else None
     broadcaster: Broadcaster = relay if relay is not None else hub
+    presence = cluster.presence if cluster is not None else None
+    book: KioskBook = presence if presence is not None else LocalBook()
     bus = EventBus(
         service,
         store,
         metrics,
         broadcaster,
-        on_stored=[projection.apply],
+        on_stored=[status_listener(book, tasks)],
         help_kiosk=functools.partial(projection.help_kiosk, store),
     )
-    presence = cluster.presence if cluster is not None else None
+    kiosks = KioskTracker(bus, book, tasks, grace_seconds=settings.kiosk_offline_grace_seconds)
     commands = CommandService(
         bus,
         SocketKioskLink(sio, hub, presence),
         timeout_seconds=settings.command_timeout_seconds,
+        claims=cluster.claims if cluster is not None else None,
     )
     verifier = TokenVerifier(secret, settings.previous_secrets)
     limits = RoleLimits(settings.role_rate_limits())  # per principal, sockets and HTTP
     services = SocketServices(
-        settings, verifier, limits, hub, catchup, bus, commands, metrics, tasks, presence
+        settings, verifier, limits, hub, catchup, bus, commands, metrics, tasks, presence, kiosks
     )
     sio.serve([LockerbusNamespace(ns, services) for ns in NAMESPACES], settings)
     sio.attach(app)
@@ -136,11 +149,13 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         limits=limits,
         max_event_bytes=settings.max_event_bytes,
         stats=stats,
+        problem=relay.problem if relay is not None else None,
     ).add_routes(app)
     BoardRoutes(
         verifier=verifier,
         store=store,
         projection=projection,
+        kiosks=kiosks,
         board_enabled=settings.board_enabled,
     ).add_routes(app)
     if settings.cors_origins:
@@ -155,8 +170,8 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     app.cleanup_ctx.extend(
         [
             _store_context(store),
-            _projection_context(projection, store),
             _presence_context(presence, hub),
+            _claims_context(cluster.claims if cluster is not None else None),
             _relay_context(relay, sio),
             _sockets_context(sockets, store, settings),
         ]
@@ -184,21 +199,31 @@ class _Cluster:
     each publish.  Imported here only: presence and the manager need redis.
     """
 
-    def __init__(self, message_queue: str, store_url: str) -> None:
+    def __init__(self, message_queue: str, store_url: str, metrics: Metrics) -> None:
         from .cluster import ChannelInbox, ClusterRedisManager
+        from .command_claims import RedisCommandClaims
         from .presence import Presence
         from .redisconn import events_channel
 
         self.inbox: ChannelInbox = ChannelInbox()
         self.manager: ClusterRedisManager = ClusterRedisManager(
-            message_queue, channel=events_channel(store_url), inbox=self.inbox
+            message_queue, channel=events_channel(store_url), inbox=self.inbox, metrics=metrics
         )
+        self.metrics = metrics
         self.presence: Presence = Presence(store_url)
+        self.claims: RedisCommandClaims = RedisCommandClaims(store_url)
 
     def relay(self, hub: Hub, store: EventStore, resync: Callable[[str], None]) -> ClusterRelay:
         from .cluster import ClusterRelay
 
-        return ClusterRelay(hub, store, resync=resync, inbox=self.inbox, listener=self.manager)
+        return ClusterRelay(
+            hub,
+            store,
+            resync=resync,
+            inbox=self.inbox,
+            listener=self.manager,
+            metrics=self.metrics,
+        )
 
 
 Context = Callable[[web.Application], AsyncIterator[None]]
@@ -216,14 +241,6 @@ def _store_context(store: EventStore) -> Context:
     return context
 
 
-def _projection_context(projection: Projection, store: EventStore) -> Context:
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        await projection.rebuild(store)
-        yield
-
-    return context
-
-
 def _presence_context(presence: Presence | None, hub: Hub) -> Context:
     async def context(app: web.Application) -> AsyncIterator[None]:
         if presence is None:
@@ -236,6 +253,15 @@ def _presence_context(presence: Presence | None, hub: Hub) -> Context:
         finally:
             await tasks.close()
             await presence.close()
+
+    return context
+
+
+def _claims_context(claims: RedisCommandClaims | None) -> Context:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        yield
+        if claims is not None:
+            await claims.close()
 
     return context
 

@@ -1,4 +1,4 @@
-"""Current-state routes (``/api/lockers``, ``/api/help``) and the live board page.
+"""Current-state routes (``/api/lockers``, ``/api/help``, ``/api/kiosks``) and the board page.
 
 The page and its assets are files in ``lockerbus/static``, read once and
 served from memory: no build step, no CDN.  ``socket.io.min.js`` is the
@@ -13,8 +13,10 @@ from typing import Final
 from aiohttp import web
 
 from .auth import Principal, TokenVerifier, bearer_token
+from .errors import ForbiddenError
+from .kiosks import KioskTracker
 from .projections import Projection
-from .reads import scoped_help, scoped_lockers
+from .reads import scoped_help, scoped_kiosks, scoped_lockers
 from .responses import json_response
 from .store import EventStore
 
@@ -25,6 +27,8 @@ ASSETS: Final = {
     "board.css": "text/css; charset=utf-8",
     "socket.io.min.js": "text/javascript; charset=utf-8",
 }
+#: who may read /api/kiosks (contract §11)
+KIOSK_READERS: Final = frozenset({"panel", "gateway", "admin"})
 #: the page talks to its own origin only; the token never leaves it
 CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -47,10 +51,12 @@ class BoardRoutes:
         store: EventStore,
         projection: Projection,
         board_enabled: bool,
+        kiosks: KioskTracker | None = None,
     ) -> None:
         self.verifier = verifier
         self.store = store
         self.projection = projection
+        self.kiosks = kiosks
         self.board_enabled = board_enabled
         self._assets = _load_assets() if board_enabled else {}
 
@@ -58,6 +64,8 @@ class BoardRoutes:
         """Register the routes on ``app``."""
         app.router.add_get("/api/lockers", self.get_lockers)
         app.router.add_get("/api/help", self.get_help)
+        if self.kiosks is not None:
+            app.router.add_get("/api/kiosks", self.get_kiosks)
         if self.board_enabled:
             app.router.add_get("/board", self.page)
             app.router.add_get("/board/{name}", self.asset)
@@ -76,6 +84,15 @@ class BoardRoutes:
         principal = self._authorize(request)
         snapshot = await self.projection.help_snapshot(self.store)
         return json_response(scoped_help(snapshot, principal))
+
+    async def get_kiosks(self, request: web.Request) -> web.Response:
+        """Kiosk presence across instances (contract §11): panel, gateway, admin; scoped."""
+        principal = self._authorize(request)
+        if principal.role not in KIOSK_READERS:
+            raise ForbiddenError(f"role {principal.role} may not read /api/kiosks")
+        assert self.kiosks is not None
+        kiosks = await self.kiosks.listing()
+        return json_response({"kiosks": scoped_kiosks(kiosks, principal)})
 
     async def page(self, request: web.Request) -> web.Response:
         """The board; it asks for its token in the browser, so no auth here."""

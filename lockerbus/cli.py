@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument(
         "--check", action="store_true", help="only check: exit 0 when valid, 2 when not"
     )
+    state = commands.add_parser(
+        "state", help="the durable state (contract §11): 'rebuild' it from the history held"
+    )
+    state.add_argument("action", choices=["rebuild"])
+    _setting_flags(state)
     token = commands.add_parser("token", help="print a JWT signed with the configured secret")
     token.add_argument("--role", required=True, choices=ROLES)
     token.add_argument("--sub", required=True, help="principal id (a kiosk's id for role kiosk)")
@@ -65,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded.warn_unknown()
     if args.command == "config":
         return _config(loaded, check=args.check)
+    if args.command == "state":
+        return _rebuild_state(settings)
     if args.command == "token":
         if settings.secret is None:
             print("lockerbus: no secret configured (set LOCKERBUS_SECRET)", file=sys.stderr)
@@ -93,6 +100,28 @@ def _config(loaded: LoadedSettings, *, check: bool) -> int:
     from .settings_report import report_lines
 
     print("\n".join(report_lines(loaded)))
+    return 0
+
+
+def _rebuild_state(settings: Settings) -> int:
+    """``lockerbus state rebuild``: fold the store's history into its state (after a
+    restore); safe while servers run, since appends are atomic with it."""
+    import asyncio
+
+    from .app import store_options
+    from .errors import StoreUnavailableError
+    from .store import open_store
+
+    async def rebuild() -> int:
+        async with open_store(settings.store, store_options(settings)) as store:
+            return await store.rebuild_state()
+
+    try:
+        entries = asyncio.run(rebuild())
+    except StoreUnavailableError as exc:
+        print(f"lockerbus: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"lockerbus: state rebuilt from the history held: {entries} entries")
     return 0
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -43,6 +43,8 @@ from .delivery import Broadcaster
 from .errors import StoreUnavailableError
 from .events import NAMESPACES, Event
 from .log import server_logger
+from .metrics import RELAY_ERRORS, Metrics, total, totals
+from .redisconn import client_options
 from .sio_adapter import HookedRedisManager
 from .store import EventStore
 
@@ -50,6 +52,8 @@ CHECK_INTERVAL_SECONDS: Final = 1.0
 _MAX_ACCEPTED: Final = 10_000
 EVENT_PREFIX: Final = b'{"seq":'
 INBOX_SIZE: Final = 10_000
+#: /readyz answers 503 once the oldest undelivered event has waited this long
+LAG_BOUND_SECONDS: Final = 10.0
 
 
 class ChannelInbox:
@@ -67,6 +71,9 @@ class ChannelInbox:
     async def get(self) -> bytes:
         return await self._queue.get()
 
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
     def pong(self, token: int) -> None:
         """The listener heard this instance's ping ``token``."""
         self.heard = max(self.heard, token)
@@ -80,6 +87,36 @@ class Listener(Protocol):
     async def ping(self, token: int) -> None: ...
 
     def restart(self) -> None: ...
+
+    def problem(self) -> str | None: ...
+
+
+class _Waiting:
+    """Store positions the relay's checks saw and this instance has not delivered yet,
+    with when each was first seen: how far behind the relay is, in seconds."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._seen: dict[str, deque[tuple[float, int]]] = {}
+
+    def note(self, ns: str, last: int, delivered: int) -> None:
+        """The store holds up to ``last`` in ``ns`` now; this instance delivered up to
+        ``delivered``."""
+        seen = self._seen.setdefault(ns, deque())
+        if last > delivered and (not seen or seen[-1][1] < last):
+            seen.append((self._clock(), last))
+
+    def forget(self, ns: str) -> None:
+        self._seen.pop(ns, None)
+
+    def lag(self, delivered: dict[str, int]) -> float:
+        oldest = None
+        for ns, seen in self._seen.items():
+            while seen and seen[0][1] <= delivered.get(ns, -1):
+                seen.popleft()
+            if seen and (oldest is None or seen[0][0] < oldest):
+                oldest = seen[0][0]
+        return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
 
 
 @dataclass(slots=True)
@@ -99,7 +136,9 @@ class ClusterRelay:
         resync: Callable[[str], None],
         inbox: ChannelInbox,
         listener: Listener | None = None,
+        metrics: Metrics | None = None,
         interval_seconds: float = CHECK_INTERVAL_SECONDS,
+        lag_bound_seconds: float = LAG_BOUND_SECONDS,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._local = local
@@ -114,9 +153,30 @@ class ClusterRelay:
         self._seen_last: dict[str, tuple[str, int]] = {}
         self._accepted: OrderedDict[str, float] = OrderedDict()
         self._ping_sent = 0
-        self.filled = 0
-        self.restarts = 0
-        self.resyncs = 0
+        # per namespace: (when, store's last seq) seen by a check and not yet delivered
+        self._waiting = _Waiting(clock)
+        self._lag_bound = lag_bound_seconds
+        self._checked: float | None = None  # when the last check went through the store
+        self.metrics = metrics = metrics or Metrics()
+        for kind in RELAY_ERRORS:  # every series from the start, at 0
+            metrics.relay_errors.labels(kind)
+        metrics.relay_lag.set_function(self.lag)
+
+    def _error(self, kind: str) -> None:
+        self.metrics.relay_errors.labels(kind).inc()
+
+    @property
+    def filled(self) -> int:
+        """Events delivered from the store because the channel missed them."""
+        return total(self.metrics.relay_filled)
+
+    @property
+    def restarts(self) -> int:
+        return totals(self.metrics.relay_errors).get("listener_restart", 0)
+
+    @property
+    def resyncs(self) -> int:
+        return totals(self.metrics.relay_errors).get("resync", 0)
 
     # -- the bus side: this instance published an event ----------------------
 
@@ -136,6 +196,7 @@ class ClusterRelay:
             try:
                 await self.receive(raw)
             except Exception:  # one bad message must not stop delivery for good
+                self._error("delivery")
                 server_logger.exception("cluster: delivering a channel message failed")
 
     async def receive(self, raw: bytes) -> None:
@@ -145,6 +206,7 @@ class ClusterRelay:
             if not all(key in event for key in ("seq", "namespace", "epoch", "id")):
                 raise KeyError("seq")
         except (orjson.JSONDecodeError, KeyError, TypeError):
+            self._error("malformed")
             server_logger.warning("cluster: dropped a malformed event message")
             return
         async with self._lock:
@@ -187,14 +249,15 @@ class ClusterRelay:
         if not complete:
             self._resync_ns(ns)
             return page is not None and page.epoch != cursor.epoch
-        self.filled += len(events)
+        self.metrics.relay_filled.inc(len(events))
         for event in events:
             self._send(event)
         return True
 
     def _resync_ns(self, ns: str) -> None:
-        self.resyncs += 1
+        self._error("resync")
         self._cursors.pop(ns, None)
+        self._waiting.forget(ns)
         self._resync(ns)
 
     # -- the periodic check ----------------------------------------------------
@@ -205,6 +268,7 @@ class ClusterRelay:
         for ns in NAMESPACES:
             last = await self._store.last_seq(ns)
             self._cursors[ns] = _Cursor(self._store.epoch, last)
+        self._checked = self._clock()
 
     async def run(self) -> None:
         """Background task: catch up with the store and keep the listener honest."""
@@ -215,6 +279,7 @@ class ClusterRelay:
             except StoreUnavailableError:
                 pass  # readiness reports it; the next round tries again
             except Exception:
+                self._error("check")
                 server_logger.exception("cluster check failed")
 
     async def check(self) -> None:
@@ -229,6 +294,7 @@ class ClusterRelay:
             epoch = self._store.epoch
             before, self._seen_last[ns] = self._seen_last.get(ns), (epoch, last)
             if before is None or before[0] != epoch:
+                self._note_waiting(ns, epoch, last)
                 continue
             async with self._lock:
                 cursor = self._cursors.get(ns)
@@ -238,11 +304,18 @@ class ClusterRelay:
                 elif cursor.epoch == epoch and cursor.seq < before[1]:
                     behind = True
                     await self._fill(ns, cursor, before[1])
+                self._note_waiting(ns, epoch, last)
+        self._checked = self._clock()
         listener = self.listener
         if listener is None:
             return
         if behind:
             server_logger.error("cluster: events reached this instance only from the store")
+        if listener.alive() and listener.problem() is not None:
+            # It knows it is cut off and is subscribing again on its own: no ping
+            # (none could be heard), no restart (it would only start that over).
+            self._inbox.pong(self._ping_sent)
+            return
         if not listener.alive():
             server_logger.error("cluster: the pub/sub listener stopped")
         elif self._inbox.heard < self._ping_sent:
@@ -252,10 +325,34 @@ class ClusterRelay:
             await listener.ping(self._ping_sent)
             return
         server_logger.error("cluster: restarting the pub/sub listener")
-        self.restarts += 1
+        self._error("listener_restart")
         listener.restart()
         # No ping this round: the new listener may not have subscribed yet.
         self._inbox.pong(self._ping_sent)
+
+    def _note_waiting(self, ns: str, epoch: str, last: int) -> None:
+        cursor = self._cursors.get(ns)
+        if cursor is None or cursor.epoch != epoch:
+            self._waiting.forget(ns)  # a resync is under way: nothing to wait for
+        else:
+            self._waiting.note(ns, last, cursor.seq)
+
+    def lag(self) -> float:
+        """Seconds the oldest event a check saw in the store has waited undelivered here."""
+        return self._waiting.lag({ns: cursor.seq for ns, cursor in self._cursors.items()})
+
+    def problem(self) -> str | None:
+        """Why live delivery is not working now (for /readyz), or None."""
+        heard = None if self.listener is None else self.listener.problem()
+        if heard is not None:
+            return heard
+        lag = self.lag()
+        if lag > self._lag_bound:
+            return f"cluster relay {lag:.0f} s behind the store (bound {self._lag_bound:g} s)"
+        if self._checked is not None and self._clock() - self._checked > self._lag_bound:
+            quiet = self._clock() - self._checked
+            return f"cluster relay has not checked the store for {quiet:.0f} s"
+        return None
 
     def stats(self) -> dict[str, Any]:
         """Figures for /api/stats."""
@@ -263,6 +360,8 @@ class ClusterRelay:
             "filled_from_store": self.filled,
             "listener_restarts": self.restarts,
             "resyncs": self.resyncs,
+            "lag_seconds": round(self.lag(), 3),
+            "inbox": self._inbox.qsize(),
         }
 
 
@@ -277,9 +376,15 @@ class ClusterRedisManager(HookedRedisManager):
 
     PING: Final = "lockerbus_ping"
 
-    def __init__(self, url: str, *, channel: str, inbox: ChannelInbox) -> None:
-        super().__init__(url, channel=channel)
+    def __init__(
+        self, url: str, *, channel: str, inbox: ChannelInbox, metrics: Metrics | None = None
+    ) -> None:
+        super().__init__(url, channel=channel, redis_options=client_options())
         self._inbox = inbox
+        self._metrics = metrics or Metrics()
+
+    def subscription_lost(self, failure: str) -> None:
+        self._metrics.relay_errors.labels("pubsub").inc()
 
     async def intercept(self, message: Any) -> bool:
         if isinstance(message, bytes) and message.startswith(EVENT_PREFIX):

@@ -8,11 +8,12 @@ setting it is about, so start-up can stop with one clear line.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -54,6 +55,10 @@ _SERVICE_URL: Final = re.compile(r"(tcp|udp|sctp)://")
 config_logger = logging.getLogger("lockerbus.config")
 # the roles of contract §2 (auth.ROLES is this tuple; config stays below auth)
 ROLE_NAMES: Final = ("kiosk", "panel", "gateway", "admin")
+# the namespaces of contract §3 (events.NAMESPACES is this tuple; config stays below events)
+NAMESPACE_NAMES: Final = ("/ws/lockers", "/ws/help", "/ws/events")
+# what a per-namespace retention override may set (contract §11)
+RETENTION_KEYS: Final = ("max_events", "ttl_hours")
 LIMITED_BY_DEFAULT: Final = frozenset({"kiosk", "panel"})
 
 
@@ -69,11 +74,15 @@ class Settings:
     message_queue: str | None = None
     max_events: int = 10_000
     ttl_hours: float = 24.0
+    #: per-namespace overrides of max_events/ttl_hours: {namespace: {key: value}}
+    retention: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     cleanup_interval_minutes: float = 30.0
     replay_buffer_size: int = 1000
     replay_window_minutes: float = 60.0
     max_event_bytes: int = 65_536
     command_timeout_seconds: float = 10.0
+    #: how long a kiosk with no connection left stays online before "offline" (contract §11)
+    kiosk_offline_grace_seconds: float = 30.0
     cors_origins: tuple[str, ...] | None = None
     board_enabled: bool = True
     websocket_compression: bool = False
@@ -110,6 +119,12 @@ class Settings:
     @property
     def ttl_seconds(self) -> float:
         return self.ttl_hours * 3600
+
+    def namespace_retention(self, namespace: str) -> tuple[int, float]:
+        """``(max_events, ttl_seconds)`` of ``namespace``: its override, else the defaults."""
+        override = self.retention.get(namespace, {})
+        max_events = int(override.get("max_events", self.max_events))
+        return max_events, float(override.get("ttl_hours", self.ttl_hours)) * 3600
 
     def role_rate_limits(self) -> dict[str, tuple[float, int] | None]:
         """Publish rate and burst per role; None where a role is not limited."""
@@ -183,12 +198,6 @@ def _parse_optional_str(key: str, value: Any) -> str | None:
     return text or None
 
 
-def _parse_optional_port(key: str, value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    return _parse_int(key, value)
-
-
 def _parse_optional_float(key: str, value: Any) -> float | None:
     if isinstance(value, str) and not value.strip():
         return None
@@ -196,19 +205,13 @@ def _parse_optional_float(key: str, value: Any) -> float | None:
 
 
 def _parse_optional_int(key: str, value: Any) -> int | None:
-    if isinstance(value, str) and not value.strip():
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
     return _parse_int(key, value)
 
 
 def _parse_secrets(key: str, value: Any) -> tuple[str, ...]:
-    items: list[Any]
-    if isinstance(value, str):
-        items = [part.strip() for part in value.split(",") if part.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise ConfigError(key, "expected a comma-separated list of secrets")
+    items = _comma_list(key, value, "secrets")
     for item in items:
         if not isinstance(item, str) or len(item.encode()) < MIN_SECRET_BYTES:
             raise ConfigError(
@@ -217,14 +220,17 @@ def _parse_secrets(key: str, value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _parse_origins(key: str, value: Any) -> tuple[str, ...] | None:
-    items: list[Any]
+def _comma_list(key: str, value: Any, what: str) -> list[Any]:
+    """A list from TOML, or from a comma-separated string (env, flag)."""
     if isinstance(value, str):
-        items = [part.strip() for part in value.split(",") if part.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise ConfigError(key, f"expected a comma-separated list of origins, got {value!r}")
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise ConfigError(key, f"expected a comma-separated list of {what}, got {value!r}")
+
+
+def _parse_origins(key: str, value: Any) -> tuple[str, ...] | None:
+    items = _comma_list(key, value, "origins")
     if not items:
         return None
     for item in items:
@@ -233,6 +239,36 @@ def _parse_origins(key: str, value: Any) -> tuple[str, ...] | None:
         ):
             raise ConfigError(key, f"{item!r} is not an origin (http(s)://host[:port] or *)")
     return tuple(items)
+
+
+def _parse_retention(key: str, value: Any) -> dict[str, dict[str, float]]:
+    """``{namespace: {max_events?, ttl_hours?}}``: a TOML table, or JSON in the environment."""
+    try:
+        value = (json.loads(value) if value.strip() else {}) if isinstance(value, str) else value
+    except ValueError as exc:
+        raise ConfigError(key, f"expected a JSON object, got {value!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"expected a table of namespaces, got {value!r}")
+    parsed: dict[str, dict[str, float]] = {}
+    for namespace, limits in value.items():
+        if namespace not in NAMESPACE_NAMES:
+            names = ", ".join(NAMESPACE_NAMES)
+            raise ConfigError(key, f"{namespace!r} is not a namespace (one of {names})")
+        if not isinstance(limits, dict) or not limits:
+            raise ConfigError(key, f"{namespace}: expected a table of max_events, ttl_hours")
+        entry: dict[str, float] = {}
+        for name, raw in limits.items():
+            where = f"{namespace}.{name}"
+            if name not in RETENTION_KEYS:
+                raise ConfigError(key, f"{where}: unknown (use {' or '.join(RETENTION_KEYS)})")
+            try:
+                entry[name] = (_parse_int if name == "max_events" else _parse_float)(where, raw)
+            except ConfigError as exc:
+                raise ConfigError(key, exc.message) from None
+            if not entry[name] > 0:
+                raise ConfigError(key, f"{where}: must be > 0, got {raw!r}")
+        parsed[namespace] = entry
+    return parsed
 
 
 _PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
@@ -245,11 +281,13 @@ _PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "message_queue": _parse_optional_str,
     "max_events": _parse_int,
     "ttl_hours": _parse_float,
+    "retention": _parse_retention,
     "cleanup_interval_minutes": _parse_float,
     "replay_buffer_size": _parse_int,
     "replay_window_minutes": _parse_float,
     "max_event_bytes": _parse_int,
     "command_timeout_seconds": _parse_float,
+    "kiosk_offline_grace_seconds": _parse_float,
     "cors_origins": _parse_origins,
     "board_enabled": _parse_bool,
     "websocket_compression": _parse_bool,
@@ -268,7 +306,7 @@ _PARSERS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "store_wait_seconds": _parse_float,
     "log_format": lambda key, value: _parse_str(key, value).lower(),
     "access_log": _parse_bool,
-    "metrics_port": _parse_optional_port,
+    "metrics_port": _parse_optional_int,
 }
 
 SETTING_NAMES: Final = tuple(_PARSERS)
@@ -328,6 +366,7 @@ def _check(settings: Settings) -> None:
         raise ConfigError("previous_secrets", "needs secret: tokens are signed with it")
     _positive(settings, "replay_window_minutes", allow_zero=True)
     _positive(settings, "shutdown_grace_seconds", allow_zero=True)
+    _positive(settings, "kiosk_offline_grace_seconds", allow_zero=True)
     _positive(settings, "store_wait_seconds", allow_zero=True)
     if settings.log_format not in LOG_FORMATS:
         raise ConfigError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")

@@ -85,7 +85,9 @@ class PayloadTooLargeError(LockerbusError):
 
 
 class ConflictError(LockerbusError):
-    """An event id is held already by an event with other content or another scope (§12)."""
+    """The request contradicts what is stored: an event id held already by an event
+    with other content or another scope (§12), or a help request opened twice or
+    moved from a status it is not in (§11)."""
 
     code = "conflict"
     http_status = 409

@@ -31,7 +31,7 @@ marshmallow rejects and that it returns exactly what marshmallow returns.
 Two marshmallow private names are read, each behind one function here
 (:func:`field_deserializer`, :func:`schema_hooks`) and listed in
 :data:`MARSHMALLOW_INTERNALS`, which tests/test_sio_adapter.py checks against
-the installed marshmallow (setup.cfg caps it below 5).
+the installed marshmallow (pyproject.toml caps it below 5).
 """
 
 from __future__ import annotations

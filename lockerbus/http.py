@@ -6,6 +6,8 @@ and the status code come from :class:`~lockerbus.errors.LockerbusError`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -36,6 +38,7 @@ from .store import EventStore
 MAX_PAGE: Final = 1000
 #: Events in one ``POST /api/events/batch`` (contract §12); more is 413.
 MAX_BATCH: Final = 1000
+READY_SECONDS: Final = 2.0  # /readyz answers within this, whatever the store does
 DEFAULT_PAGE: Final = 50
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -101,7 +104,10 @@ class HttpApi:
         limits: RoleLimits,
         max_event_bytes: int,
         stats: Callable[[], Awaitable[dict[str, Any]]],
+        problem: Callable[[], str | None] | None = None,
     ) -> None:
+        #: besides the store: why this instance is not ready (the cluster relay's)
+        self.problem = problem or (lambda: None)
         self.verifier = verifier
         self.bus = bus
         self.store = store
@@ -132,12 +138,25 @@ class HttpApi:
         return json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        """200 when the store answers, else 503 with the reason."""
-        try:
-            await self.store.check()
-        except StoreUnavailableError as exc:
-            return json_response({"status": "unavailable", "reason": exc.message}, status=503)
+        """200 when the store takes a write and nothing else is wrong, else 503 with the
+        reason; answered within READY_SECONDS even when Redis is cut off."""
+        reason = await self._store_problem() or self.problem()
+        if reason is not None:
+            return json_response({"status": "unavailable", "reason": reason}, status=503)
         return json_response({"status": "ready"})
+
+    async def _store_problem(self) -> str | None:
+        check = asyncio.ensure_future(self.store.check())
+        done, _ = await asyncio.wait({check}, timeout=READY_SECONDS)
+        if not done:  # not wait_for: it would wait for the cancelled call to give up
+            check.cancel()
+            check.add_done_callback(_consume)
+            return f"the store did not answer within {READY_SECONDS:g} s"
+        try:
+            check.result()
+        except StoreUnavailableError as exc:
+            return exc.message
+        return None
 
     async def post_event(self, request: web.Request) -> web.Response:
         """Publish one event: 201 with its envelope, or the contract's error."""
@@ -268,3 +287,9 @@ def _int_param(query: Any, name: str, default: int, *, minimum: int) -> int:
     if value < minimum:
         raise BadRequestError(f"{name} must be >= {minimum}")
     return value
+
+
+def _consume(task: asyncio.Future[None]) -> None:
+    """Retrieve a given-up check's outcome, so asyncio does not log it as never retrieved."""
+    with contextlib.suppress(BaseException):
+        task.result()

@@ -45,6 +45,20 @@ LATENCY_BUCKETS: Final = (
     1.0,
 )
 
+#: events per replay: a reconnect after a blip replays a few, a cold start up to the limit
+REPLAY_BUCKETS: Final = (0, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000)
+#: why a replay ran: a client connecting with last_seq/since, or joining a room
+REPLAY_KINDS: Final = ("connect", "subscribe")
+#: what went wrong in the cluster relay (cluster.py), a fixed set
+RELAY_ERRORS: Final = (
+    "pubsub",  # the subscription failed or was lost; it subscribes again by itself
+    "listener_restart",  # the listener stopped or went deaf and was restarted
+    "resync",  # a gap could not be filled: a namespace's local clients were cut
+    "malformed",  # a channel message that is not an event
+    "delivery",  # delivering a channel message failed
+    "check",  # a periodic check failed (other than the store being unavailable)
+)
+
 # log-spaced bucket edges in seconds (1 µs .. ~100 s, 10% apart) for the window
 _EDGES: Final = tuple(1e-6 * (1.1**i) for i in range(194))
 
@@ -158,12 +172,48 @@ class Metrics:
             "lockerbus_store_evictions", "Events the store dropped, by reason", "reason"
         )
         r.register(self.evictions)
+        self.slow_consumers = Counter(
+            "lockerbus_slow_consumer_disconnects",
+            "Connections dropped because their send queue was full",
+            ["namespace"],
+            registry=r,
+        )
+        for namespace in NAMESPACES:
+            self.slow_consumers.labels(namespace)
+        self.replay_sizes = Histogram(
+            "lockerbus_replay_events",
+            "Events sent per replay (on connect, or filling a room's gap on subscribe)",
+            ["kind"],
+            buckets=REPLAY_BUCKETS,
+            registry=r,
+        )
+        for kind in REPLAY_KINDS:
+            self.replay_sizes.labels(kind)
+        self.relay_errors = Counter(
+            "lockerbus_relay_errors", "Cluster relay failures, by kind", ["kind"], registry=r
+        )
+        self.relay_filled = Counter(
+            "lockerbus_relay_filled_events",
+            "Events the cluster relay delivered from the store because the channel missed them",
+            registry=r,
+        )
+        self.relay_lag = Gauge(
+            "lockerbus_relay_lag_seconds",
+            "How long the oldest event the store holds and this instance has not delivered "
+            "has waited (0: caught up; measured at each relay check)",
+            registry=r,
+        )
         self.latency = LatencyWindow()
 
     def observe_broadcast(self, seconds: float) -> None:
         """One broadcast handed to its recipients ``seconds`` after acceptance."""
         self.broadcast_latency.observe(seconds)
         self.latency.observe(seconds)
+
+    def replay(self, kind: str, count: int) -> None:
+        """One replay of ``count`` events (``kind``: one of REPLAY_KINDS) was sent."""
+        self.replayed.inc(count)
+        self.replay_sizes.labels(kind).observe(count)
 
     def reject(self, reason: str) -> None:
         """A publish refused with wire code ``reason``."""
@@ -178,6 +228,15 @@ def totals(counter: Counter) -> dict[str, int]:
             if sample.name.endswith("_total") and sample.labels:
                 out[next(iter(sample.labels.values()))] = int(sample.value)
     return out
+
+
+def total(counter: Counter) -> int:
+    """An unlabelled counter's total, read from Prometheus."""
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                return int(sample.value)
+    return 0
 
 
 class _SnapshotCounter(Collector):

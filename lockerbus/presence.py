@@ -6,6 +6,12 @@ kiosk connections (``P:kiosk:<id>`` hash: sid -> instance) and keeps a
 heartbeat key with an expiry (``P:instance:<id>``, holding its connection
 counts).  An entry whose instance's heartbeat expired is ignored and removed,
 so an instance that crashed stops counting within ``ttl_seconds``.
+
+It is also the cluster's :class:`lockerbus.kiosks.KioskBook` (contract §11):
+``P:kconn:<id>`` (hash: sid -> instance) holds a kiosk's connections on every
+namespace, ``P:kinfo:<id>`` (hash) its last_seen, announced status and latest
+system_status, ``P:kiosks`` (set) every kiosk seen.  The announced status is
+claimed with one script, so one instance publishes each announcement.
 """
 
 from __future__ import annotations
@@ -19,15 +25,22 @@ from typing import Any, Final
 import orjson
 from redis.exceptions import RedisError
 
+from .errors import StoreUnavailableError
 from .log import server_logger
 from .redisconn import connect, split_url
 
 TTL_SECONDS: Final = 15.0
+# KEYS: P:kinfo:<id>; ARGV: status -> 1 when it was not the announced status (now it is)
+_CLAIM: Final = """
+if redis.call('HGET', KEYS[1], 'announced') == ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'announced', ARGV[1])
+return 1
+"""
 HEARTBEAT_SECONDS: Final = 5.0
 
 
-class PresenceError(Exception):
-    """Redis could not answer a presence question."""
+class PresenceError(StoreUnavailableError):
+    """Redis could not answer a presence question (503 ``store_unavailable`` over HTTP)."""
 
 
 class Presence:
@@ -37,8 +50,10 @@ class Presence:
         plain_url, prefix = split_url(url)
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self._prefix = prefix
-        self._redis = connect(plain_url)
+        self._redis = connect(plain_url, retry=False)  # bounded: a partition fails fast
         self._own: dict[str, str] = {}  # sid -> kiosk id, to restore after Redis lost them
+        self._conns: dict[str, str] = {}  # the same for kiosk connections on every namespace
+        self._claim = self._redis.register_script(_CLAIM)
 
     def _kiosk_key(self, kiosk_id: str) -> str:
         return f"{self._prefix}:kiosk:{kiosk_id}"
@@ -64,7 +79,10 @@ class Presence:
 
     async def find(self, kiosk_id: str) -> list[tuple[str, str]]:
         """(instance, sid) of the kiosk's connections on live instances, newest last."""
-        key = self._kiosk_key(kiosk_id)
+        return await self._live(self._kiosk_key(kiosk_id))
+
+    async def _live(self, key: str) -> list[tuple[str, str]]:
+        """(instance, sid) in hash ``key`` whose instance is alive; the others removed."""
         try:
             entries: dict[Any, Any] = await self._redis.hgetall(key)
             if not entries:
@@ -79,6 +97,76 @@ class Presence:
             raise PresenceError(str(exc)) from exc
         return [(host.decode(), sid.decode()) for sid, host in entries.items() if sid not in dead]
 
+    # -- the cluster's KioskBook (lockerbus.kiosks) --------------------------------
+    # Failures raise PresenceError; the tracker logs them (an announcement is late,
+    # never wrong: the next connection or disconnection decides again).
+
+    async def opened(self, kiosk_id: str, sid: str, at: float) -> None:
+        """Record a kiosk connection (any namespace) of this instance."""
+        self._conns[sid] = kiosk_id
+        await self._kiosk_write(kiosk_id, sid, at, add=True)
+
+    async def closed(self, kiosk_id: str, sid: str, at: float) -> int:
+        """Forget one; the kiosk's connections left on every live instance."""
+        self._conns.pop(sid, None)
+        await self._kiosk_write(kiosk_id, sid, at, add=False)
+        return await self.count(kiosk_id)
+
+    async def _kiosk_write(self, kiosk_id: str, sid: str, at: float, *, add: bool) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                key = f"{self._prefix}:kconn:{kiosk_id}"
+                pipe.hset(key, sid, self.instance_id) if add else pipe.hdel(key, sid)
+                pipe.hset(f"{self._prefix}:kinfo:{kiosk_id}", "last_seen", repr(at))
+                pipe.sadd(f"{self._prefix}:kiosks", kiosk_id)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise PresenceError(str(exc)) from exc
+
+    async def count(self, kiosk_id: str) -> int:
+        """The kiosk's connections on every live instance."""
+        return len(await self._live(f"{self._prefix}:kconn:{kiosk_id}"))
+
+    async def claim(self, kiosk_id: str, status: str) -> bool:
+        """Make ``status`` the announced one; True for the one instance that changed it."""
+        try:
+            return bool(await self._claim(keys=[f"{self._prefix}:kinfo:{kiosk_id}"], args=[status]))
+        except (RedisError, OSError) as exc:
+            raise PresenceError(str(exc)) from exc
+
+    async def note_status(self, kiosk_id: str, status: str, health_score: float) -> None:
+        """Keep the kiosk's latest system_status."""
+        try:
+            await self._redis.hset(
+                f"{self._prefix}:kinfo:{kiosk_id}",
+                mapping={"status": status, "health_score": repr(health_score)},
+            )
+        except (RedisError, OSError) as exc:
+            raise PresenceError(str(exc)) from exc
+
+    async def listing(self) -> list[dict[str, Any]]:
+        """Every kiosk seen, with its connections on live instances."""
+        try:
+            members: set[Any] = await self._redis.smembers(f"{self._prefix}:kiosks")
+            listed = []
+            for kiosk_id in sorted(m.decode() for m in members):
+                raw: dict[Any, Any] = await self._redis.hgetall(f"{self._prefix}:kinfo:{kiosk_id}")
+                info = {k.decode(): v.decode() for k, v in raw.items()}
+                health = info.get("health_score")
+                listed.append(
+                    {
+                        "kioskId": kiosk_id,
+                        "connections": await self.count(kiosk_id),
+                        "last_seen": float(info.get("last_seen", "0")),
+                        "announced": info.get("announced"),
+                        "status": info.get("status"),
+                        "health_score": None if health is None else float(health),
+                    }
+                )
+        except (RedisError, OSError) as exc:
+            raise PresenceError(str(exc)) from exc
+        return listed
+
     async def heartbeat(self, connections: dict[str, int]) -> None:
         """Say this instance is alive, with its connection counts; re-record its kiosks
         if Redis lost them (restarted without persistence)."""
@@ -89,6 +177,8 @@ class Presence:
             pipe.sadd(f"{self._prefix}:instances", self.instance_id)
             for sid, kiosk_id in self._own.items():
                 pipe.hset(self._kiosk_key(kiosk_id), sid, self.instance_id)
+            for sid, kiosk_id in self._conns.items():
+                pipe.hset(f"{self._prefix}:kconn:{kiosk_id}", sid, self.instance_id)
             await pipe.execute()
 
     async def instances(self) -> dict[str, Any]:
@@ -124,6 +214,8 @@ class Presence:
                 pipe.srem(f"{self._prefix}:instances", self.instance_id)
                 for sid, kiosk_id in self._own.items():
                     pipe.hdel(self._kiosk_key(kiosk_id), sid)
+                for sid, kiosk_id in self._conns.items():
+                    pipe.hdel(f"{self._prefix}:kconn:{kiosk_id}", sid)
                 await pipe.execute()
         with contextlib.suppress(RedisError, OSError):
             await self._redis.aclose()

@@ -89,3 +89,11 @@ def scoped_help(snapshot: dict[str, Any], principal: Principal) -> dict[str, Any
         return snapshot
     requests = [entry for entry in snapshot["help_requests"] if reach.matches(help_tags(entry))]
     return {**snapshot, "help_requests": requests}
+
+
+def scoped_kiosks(kiosks: list[dict[str, Any]], principal: Principal) -> list[dict[str, Any]]:
+    """The ``/api/kiosks`` entries whose ``kiosk`` tag the scope matches."""
+    reach = principal.reach
+    if reach.everything:
+        return kiosks
+    return [entry for entry in kiosks if reach.matches({"kiosk": entry["kioskId"]})]

@@ -1,7 +1,9 @@
 """Talking to Redis: URL parsing, the events channel's name, and one way to connect.
 
-Shared by the Redis store and presence (and whatever else reaches the same
-Redis), so a URL means the same prefix and the same timeouts everywhere.
+Shared by the Redis store, presence and the cluster's pub/sub (whatever
+reaches the same Redis), so a URL means the same prefix and the same timeouts
+everywhere, and every client notices a partition within seconds
+(:func:`client_options`).
 
 The URL is ``redis://host:port/db`` (also ``rediss://``, ``unix://``); an
 optional ``?prefix=name`` query (default ``lockerbus``) separates several
@@ -11,6 +13,7 @@ it is imported only by :func:`connect`, so parsing a URL needs no driver.
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -20,6 +23,12 @@ if TYPE_CHECKING:
 DEFAULT_PREFIX: Final = "lockerbus"
 CONNECT_TIMEOUT_SECONDS: Final = 2.0
 COMMAND_TIMEOUT_SECONDS: Final = 5.0
+HEALTH_CHECK_SECONDS: Final = 5
+# Unacknowledged data older than this kills the connection (ETIMEDOUT).
+USER_TIMEOUT_MS: Final = 6000
+KEEPALIVE_IDLE_SECONDS: Final = 5
+KEEPALIVE_INTERVAL_SECONDS: Final = 1
+KEEPALIVE_PROBES: Final = 3
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -49,8 +58,48 @@ def where(url: str) -> str:
     return f"{parts.hostname or parts.path}:{parts.port or ''}{parts.path if parts.port else ''}"
 
 
+def keepalive_options() -> dict[int, int]:
+    """TCP options of every Redis socket (the Linux ones where this platform has them)."""
+    wanted = {
+        "TCP_KEEPIDLE": KEEPALIVE_IDLE_SECONDS,
+        "TCP_KEEPINTVL": KEEPALIVE_INTERVAL_SECONDS,
+        "TCP_KEEPCNT": KEEPALIVE_PROBES,
+        "TCP_USER_TIMEOUT": USER_TIMEOUT_MS,
+    }
+    return {getattr(socket, k): v for k, v in wanted.items() if hasattr(socket, k)}
+
+
+def client_options(*, retry: bool = False) -> dict[str, Any]:
+    """Keyword arguments for ``Redis.from_url``/``ConnectionPool.from_url``.
+
+    Without them a connection whose peer vanished (packets dropped, no RST)
+    waits for the kernel's retransmission timeout, about 15 minutes: reads
+    hang, and a pub/sub listener goes deaf without knowing.  With them every
+    read, connect and idle connection is bounded: ``socket_timeout`` for
+    commands, ``TCP_USER_TIMEOUT`` for data the peer never acknowledged,
+    keepalive probes for idle sockets, a health-check PING before reusing a
+    connection idle for a while.  Unless ``retry``, redis-py does not retry on
+    its own: the caller (the store answering ``store_unavailable``, the
+    listener's reconnect loop) decides what a failure means.
+    """
+    options: dict[str, Any] = {
+        "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "socket_timeout": COMMAND_TIMEOUT_SECONDS,
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive_options(),
+        "health_check_interval": HEALTH_CHECK_SECONDS,
+    }
+    if not retry:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        options["retry"] = Retry(NoBackoff(), 0)
+    return options
+
+
 def connect(url: str, *, max_connections: int | None = None, retry: bool = True) -> Redis:
-    """A client for ``url`` (without ``prefix``: see :func:`split_url`), not yet connected.
+    """A client for ``url`` (without ``prefix``: see :func:`split_url`), not yet connected,
+    with :func:`client_options`.
 
     With ``max_connections`` the pool is bounded and a command waits up to the
     command timeout for a free connection.  ``retry=False`` turns off the
@@ -58,15 +107,8 @@ def connect(url: str, *, max_connections: int | None = None, retry: bool = True)
     """
     from redis.asyncio import BlockingConnectionPool
     from redis.asyncio import Redis as Client
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
 
-    options: dict[str, Any] = {
-        "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
-        "socket_timeout": COMMAND_TIMEOUT_SECONDS,
-    }
-    if not retry:
-        options["retry"] = Retry(NoBackoff(), 0)
+    options = client_options(retry=retry)
     if max_connections is None:
         return Client.from_url(url, **options)
     pool = BlockingConnectionPool.from_url(

@@ -26,10 +26,12 @@ from .delivery import Background, CatchUp, Connection, Hub, parse_replay_request
 from .errors import BadRequestError, ForbiddenError, LockerbusError
 from .events import EVENTS_NS, KIOSK_ROOM_PREFIX, NAMESPACES
 from .fanout import Sender, encode_ack
+from .kiosks import KioskTracker
 from .limits import RoleLimits, TokenBucket
 from .log import server_logger
 from .metrics import Metrics
 from .sio_adapter import HookedAsyncServer
+from .views import ConnectionViews
 
 if TYPE_CHECKING:  # presence needs redis, an optional extra: imported only in cluster mode
     from .presence import Presence
@@ -66,6 +68,8 @@ class SocketServices:
     metrics: Metrics
     tasks: Background
     presence: Presence | None = None
+    #: kiosk presence and its announcements (contract §11); None: not tracked
+    kiosks: KioskTracker | None = None
 
 
 class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
@@ -92,6 +96,7 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 raise BadRequestError("auth must be an object: {token, ...}")
             auth = auth or {}
             principal = svc.verifier.verify(auth.get("token"))
+            views = ConnectionViews.from_auth(principal, auth)  # a bad auth.filter: bad_request
             replay = parse_replay_request(auth, svc.settings.replay_window_minutes)
             if svc.hub.principal_count(principal.sub) >= limit:
                 raise ForbiddenError(f"too many connections for {principal.sub}: at most {limit}")
@@ -100,12 +105,14 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             server_logger.info("connection refused namespace=%s code=%s", ns, exc.code)
             raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.to_wire()) from None
         eio_sid = self.server.manager.eio_sid_from_sid(sid, ns)
-        conn = Connection(sid, eio_sid, ns, principal, replay)
+        conn = Connection(sid, eio_sid, ns, principal, replay, views)
         svc.hub.add(conn)
         if principal.role == "kiosk" and ns == EVENTS_NS:
             svc.hub.join(conn, KIOSK_ROOM_PREFIX + principal.sub)
             if svc.presence is not None:  # before the connection is confirmed: commands find it
                 await svc.presence.add(principal.sub, sid)
+        if principal.role == "kiosk" and svc.kiosks is not None:
+            svc.kiosks.connected(principal.sub, sid)
         server_logger.info(
             "connected sid=%s namespace=%s sub=%s role=%s", sid, ns, principal.sub, principal.role
         )
@@ -126,6 +133,8 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         svc.hub.remove(conn)
         if svc.presence is not None and held_kiosk:
             svc.tasks.spawn(svc.presence.remove(conn.principal.sub, sid))
+        if conn.principal.role == "kiosk" and svc.kiosks is not None:
+            svc.kiosks.disconnected(conn.principal.sub, sid)
         server_logger.info(
             "disconnected sid=%s namespace=%s reason=%s", sid, conn.namespace, reason
         )
@@ -140,10 +149,10 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def _room_change(self, sid: str, payload: Any, *, join: bool) -> dict[str, Any]:
         conn = self._connection(sid)
         if not isinstance(payload, Mapping):
-            raise BadRequestError("expected {room}")
+            raise BadRequestError("expected {room}" if not join else "expected {room, filter?}")
         room = check_subscribe_room(self.namespace, payload.get("room"))
         if join:
-            await self.svc.catchup.join(conn, room)
+            await self.svc.catchup.join(conn, room, payload.get("filter"))
         else:
             self.svc.hub.leave(conn, room)
         return {"ok": True}

@@ -3,7 +3,7 @@
 The rest of lockerbus uses these libraries through their public API and the
 small hooks defined here.  Each private name is listed in :data:`INTERNALS`;
 ``tests/test_sio_adapter.py`` checks every one against the installed versions
-and fails naming the symbol when an upgrade removes or changes one.  setup.cfg
+and fails naming the symbol when an upgrade removes or changes one.  pyproject.toml
 caps the versions (python-socketio <6, python-engineio <5) so that happens in a
 deliberate upgrade, not in a routine install.
 """
@@ -21,11 +21,19 @@ from typing import Any, Final
 import engineio
 import socketio
 from engineio.async_drivers import aiohttp as eio_aiohttp
+from engineio.base_socket import BaseSocket
 
 from .log import server_logger
+from .redisconn import where
 
 TESTED_SOCKETIO: Final = ("5.",)
 TESTED_ENGINEIO: Final = ("4.",)
+READ_SECONDS: Final = 1.0  # one pub/sub read waits at most this long
+MAX_INSTANT_READS: Final = 50  # empty reads in a row that returned at once: a dead socket
+RECONNECT_FIRST_SECONDS: Final = 0.25
+RECONNECT_MAX_SECONDS: Final = 4.0
+CLOSE_SECONDS: Final = 1.0
+NOT_SUBSCRIBED: Final = "pub/sub not subscribed yet"
 _EIO_PACKET_TYPES: Final = frozenset("0123456b")  # open..noop; "b": base64 binary
 
 
@@ -33,8 +41,9 @@ _EIO_PACKET_TYPES: Final = frozenset("0123456b")  # open..noop; "b": base64 bina
 class Internal:
     """One private name: where it lives and what it must be.
 
-    ``kind`` is "coroutine" or "asyncgen" for a method of ``owner``, or
-    "assigned" for an attribute some method of ``owner`` (``where``) sets.
+    ``kind`` is "coroutine", "asyncgen" or "method" (a plain function) for a
+    method of ``owner``, or "assigned" for an attribute some method of
+    ``owner`` (``where``) sets.
     """
 
     symbol: str  # dotted, for the message
@@ -89,6 +98,25 @@ INTERNALS: Final = (
         "initialize",
     ),
     Internal("socketio.AsyncRedisManager.pubsub", socketio.AsyncRedisManager, "pubsub", "assigned"),
+    Internal(
+        "socketio.AsyncRedisManager._redis_listen_with_retries",
+        socketio.AsyncRedisManager,
+        "_redis_listen_with_retries",
+        "asyncgen",
+    ),
+    Internal(
+        "socketio.AsyncRedisManager._redis_connect",
+        socketio.AsyncRedisManager,
+        "_redis_connect",
+        "method",
+    ),
+    Internal(
+        "socketio.AsyncRedisManager.redis",
+        socketio.AsyncRedisManager,
+        "redis",
+        "assigned",
+        "_redis_connect",
+    ),
     Internal("engineio.AsyncServer._async", engineio.AsyncServer, "_async", "assigned"),
     Internal(
         "engineio.async_drivers.aiohttp.WebSocket.handler",
@@ -99,6 +127,7 @@ INTERNALS: Final = (
     Internal(
         "engineio.async_drivers.aiohttp.WebSocket._sock", eio_aiohttp.WebSocket, "_sock", "assigned"
     ),
+    Internal("engineio.base_socket.BaseSocket.queue", BaseSocket, "queue", "assigned"),
     Internal("asyncio.Queue._queue", asyncio.Queue, "_queue", "assigned", "_init"),
     Internal("asyncio.Queue._getters", asyncio.Queue, "_getters", "assigned"),
 )
@@ -130,6 +159,12 @@ def check_internal(item: Internal) -> str | None:
         return f"{item.symbol}: no longer a coroutine function"
     if item.kind == "asyncgen" and not inspect.isasyncgenfunction(attr):
         return f"{item.symbol}: no longer an async generator"
+    if item.kind == "method" and not (
+        inspect.isfunction(attr)
+        and not inspect.iscoroutinefunction(attr)
+        and not inspect.isasyncgenfunction(attr)
+    ):
+        return f"{item.symbol}: no longer a plain method"
     return None
 
 
@@ -205,13 +240,28 @@ class HookedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
 
     :meth:`intercept` sees each message first and keeps the ones it returns
     True for; ``alive``/``publish``/``restart`` let a supervisor notice a
-    listener that died or went deaf and start it again.
+    listener that died or went deaf and start it again, and ``problem`` says
+    why it cannot hear now.  Its listener loop reads in bounded steps (a cut
+    link cannot hang it, a dead socket cannot make it spin) and subscribes
+    again with backoff after a failure.
     """
 
-    def __init__(self, url: str, *, channel: str) -> None:
-        super().__init__(url, channel=channel)
+    def __init__(
+        self, url: str, *, channel: str, redis_options: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(url, channel=channel, redis_options=redis_options)
+        #: why the channel is not heard now (None: subscribed and reading)
+        self.failure: str | None = NOT_SUBSCRIBED
+        self._where = where(url)
         self._internals = tested("python-socketio", TESTED_SOCKETIO) and all(
-            hasattr(self, name) for name in ("_thread", "_publish", "_listen")
+            hasattr(self, name)
+            for name in (
+                "_thread",
+                "_publish",
+                "_listen",
+                "_redis_listen_with_retries",
+                "_redis_connect",
+            )
         )
         if not self._internals:
             server_logger.warning(
@@ -232,6 +282,64 @@ class HookedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         """Put ``data`` on the channel, as python-socketio does its own messages."""
         await self._publish(data)
 
+    async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
+        """Replaces python-socketio's loop (whose reads wait forever on a dead
+        connection): a failure is recorded (``problem``) and the subscription made
+        again with backoff.  Yields raw pub/sub messages; ``_listen`` filters them."""
+        delay = RECONNECT_FIRST_SECONDS
+        while True:
+            try:
+                async for message in self._subscription():
+                    delay = RECONNECT_FIRST_SECONDS
+                    yield message
+            except Exception as exc:
+                failure = f"pub/sub {self._where}: {exc or type(exc).__name__}"
+                if failure != self.failure:
+                    server_logger.error("cluster: %s; subscribing again", failure)
+                self.failure = failure
+                self.subscription_lost(failure)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    async def _subscription(self) -> AsyncIterator[Any]:
+        """One subscription on one connection, read in bounded steps until it fails."""
+        if self.redis is None:
+            self._redis_connect()  # the client (and pool) python-socketio publishes with
+        pubsub = self.pubsub = self.redis.pubsub()
+        loop = asyncio.get_running_loop()
+        try:
+            await pubsub.subscribe(self.channel)
+            instant = 0
+            while True:
+                began = loop.time()
+                message = await pubsub.get_message(timeout=READ_SECONDS)
+                if message is None:
+                    # A dead socket can make every read return at once: redis-py
+                    # <8.2 took ETIMEDOUT for "no message yet" and spun here.
+                    instant = instant + 1 if loop.time() - began < READ_SECONDS / 2 else 0
+                    if instant >= MAX_INSTANT_READS:
+                        raise ConnectionError("pub/sub reads return at once: connection dead")
+                    continue
+                instant = 0
+                if message.get("type") == "subscribe":
+                    if self.failure not in (None, NOT_SUBSCRIBED):
+                        server_logger.warning("cluster: pub/sub subscribed again")
+                    self.failure = None  # Redis confirmed: the channel is heard again
+                    continue
+                yield message
+        finally:
+            await _close_quietly(pubsub)
+
+    def subscription_lost(self, failure: str) -> None:
+        """The subscription failed (or could not be made); it is made again shortly."""
+
+    def problem(self) -> str | None:
+        """Why this instance cannot hear the channel now, or None."""
+        if not self.alive():
+            return "pub/sub listener stopped"
+        # an untested python-socketio may not run the loop above: then nothing is known
+        return self.failure if self._internals else None
+
     def alive(self) -> bool:
         """Whether the listener task is still running."""
         thread = getattr(self, "thread", None)
@@ -246,12 +354,14 @@ class HookedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             thread.cancel()
         if pubsub is not None:
             self.server.start_background_task(_close_quietly, pubsub)
+        self.failure = NOT_SUBSCRIBED
         self.thread = self.server.start_background_task(self._thread)
 
 
 async def _close_quietly(pubsub: Any) -> None:
     try:
-        await pubsub.aclose()
+        async with asyncio.timeout(CLOSE_SECONDS):  # over a cut link, closing can hang
+            await pubsub.aclose()
     except Exception:
         server_logger.debug("closing a dropped pub/sub connection failed")
 
@@ -267,6 +377,22 @@ def fast_path_available(eio: Any) -> bool:
 def writer_idle(queue: asyncio.Queue[Any]) -> bool:
     """Nothing queued and the writer task waiting in ``get()``: it wrote all it took."""
     return not queue._queue and bool(queue._getters)  # type: ignore[attr-defined]
+
+
+def drop_unsent(eio: Any) -> int:
+    """Drop what waits in every Engine.IO socket's send queue; the number dropped.
+
+    ``eio.disconnect()`` waits until each socket's queue is taken, which a
+    long-polling client that never polls again never does.
+    """
+    dropped = 0
+    for socket in list(eio.sockets.values()):
+        queue = socket.queue
+        while not queue.empty():
+            queue.get_nowait()
+            queue.task_done()
+            dropped += 1
+    return dropped
 
 
 def track_websockets(eio: Any, transports: weakref.WeakKeyDictionary[Any, Any]) -> None:
@@ -321,6 +447,7 @@ __all__ = [
     "HookedAsyncServer",
     "HookedRedisManager",
     "check_internals",
+    "drop_unsent",
     "fast_path_available",
     "track_websockets",
     "writer_idle",

@@ -7,13 +7,19 @@ cleanup context closes them again, harmlessly.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Final
 
 from .delivery import Background, Connection, Hub
 from .server import LockerbusServer
+from .sio_adapter import drop_unsent
 
 if TYPE_CHECKING:  # cluster mode only
     from .cluster import ClusterRelay
+
+#: how long a graceful stop waits for clients to take their close packet
+CLOSE_TIMEOUT_SECONDS: Final = 2.0
 
 
 class Sockets:
@@ -26,6 +32,7 @@ class Sockets:
         tasks: Background,
         *,
         relay: ClusterRelay | None = None,
+        close_timeout: float = CLOSE_TIMEOUT_SECONDS,
     ) -> None:
         self.sio = sio
         self.hub = hub
@@ -33,6 +40,7 @@ class Sockets:
         #: the cluster relay in front of the hub (None with one instance)
         self.relay = relay
         self._tasks = tasks
+        self._close_timeout = close_timeout
         self._closed = False
 
     async def start(self) -> None:
@@ -49,6 +57,20 @@ class Sockets:
         if self.sio.eio.sockets:
             # closing the transports disconnects every namespace too; closing
             # namespaces one by one first leaves clients half-closed for seconds
-            await self.sio.eio.disconnect()
+            await self._close_transports()
         await self.sio.shutdown()
         await self._tasks.close()
+
+    async def _close_transports(self) -> None:
+        """Close every Engine.IO socket, waiting a bounded time for the close packets.
+
+        Engine.IO waits until each socket's queue is taken; a long-polling client
+        that never polls again (a bare handshake, a client that vanished) would
+        hold the stop forever, so what is still queued after the timeout is dropped.
+        """
+        closing = asyncio.create_task(self.sio.eio.disconnect())
+        done, _ = await asyncio.wait({closing}, timeout=self._close_timeout)
+        if not done:
+            drop_unsent(self.sio.eio)
+        with contextlib.suppress(Exception):
+            await closing

@@ -1,5 +1,5 @@
 # Sourced by scripts/*: make .venv when missing and install lockerbus into it.
-# Re-running is cheap: the install is skipped while setup.cfg is unchanged.
+# Re-running is cheap: the install is skipped while setup.cfg and pyproject.toml are unchanged.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"

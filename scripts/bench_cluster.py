@@ -67,8 +67,6 @@ async def lockerbus(env: dict[str, str], log: Path) -> tuple[str, subprocess.Pop
                 **os.environ,
                 "LOCKERBUS_SECRET": SECRET,
                 "LOCKERBUS_LOG_LEVEL": "WARNING",
-                "LOCKERBUS_RATE_LIMIT_PER_SECOND": "100000",
-                "LOCKERBUS_RATE_LIMIT_BURST": "100000",
                 **env,
             },
             stdout=out,

@@ -38,11 +38,14 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    # where it listens, and a command prefix (``ip netns exec NS``): tests/netns.py
+    host: str = "127.0.0.1"
+    wrap: list[str] = field(default_factory=list)
 
     # the duck-typed surface tests.support.connect() uses
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -74,7 +77,15 @@ class ServerProcess:
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts}\n".encode())
             self.proc = subprocess.Popen(
-                [str(LOCKERBUS), "serve", "--port", str(self.port)],
+                [
+                    *self.wrap,
+                    str(LOCKERBUS),
+                    "serve",
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                ],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

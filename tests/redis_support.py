@@ -17,19 +17,30 @@ from tests.support import free_port
 class RedisServer:
     """One redis-server process; ``restart()`` keeps the port (and, with ``aof``, the data)."""
 
-    def __init__(self, directory: Path, *, aof: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        aof: bool = False,
+        host: str = "127.0.0.1",
+        wrap: list[str] | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.binary = require_binary("redis-server")
         self.directory = directory
         self.aof = aof
+        self.host = host  # where it listens; tests/netns.py runs it in a namespace (``wrap``)
+        self.wrap = wrap or []
+        self.extra = extra or []  # more redis-server options (``--maxmemory`` ...)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return redis.Redis(host=self.host, port=self.port, socket_timeout=5)
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -40,11 +51,14 @@ class RedisServer:
         )
         self.process = subprocess.Popen(
             [
+                *self.wrap,
                 self.binary,
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                "0.0.0.0" if self.wrap else self.host,
+                "--protected-mode",
+                "no" if self.wrap else "yes",
                 "--save",
                 "",
                 *persistence,
@@ -52,6 +66,7 @@ class RedisServer:
                 str(self.directory),
                 "--logfile",
                 str(self.directory / "redis.log"),
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

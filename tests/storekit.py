@@ -8,6 +8,7 @@ Adding a backend to the contract suite is one more :class:`Backend` in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,10 @@ ROUTES = {
     "/ws/help": ("help_requested", "help_requests"),
     "/ws/events": ("system_status", "system_events"),
 }
+
+
+# a fresh range per process: a child process restarted on the same file must not reuse ids
+_HELP_IDS = itertools.count(uuid.uuid4().int % 10**12)
 
 
 class FakeClock:
@@ -62,7 +67,7 @@ def make_event(
         }
     elif event_type == "help_requested":
         data = {
-            "id": 1,
+            "id": next(_HELP_IDS),  # each its own request: reusing an open id is a conflict
             "kiosk_id": "kiosk-1",
             "category": "other",
             "status": "open",
@@ -81,6 +86,36 @@ def make_event(
         "timestamp": iso(at or T0),
         "data": data,
     }
+
+
+def locker_event(
+    kiosk: str, locker: str, state: str, *, at: datetime | None = None
+) -> dict[str, Any]:
+    """A locker_state_changed envelope moving ``locker`` of ``kiosk`` to ``state``."""
+    event = make_event("/ws/lockers", at=at)
+    event["data"].update(kioskId=kiosk, lockerId=locker, newState=state)
+    return event
+
+
+def help_event(help_id: int, status: str = "open", kiosk: str = "kiosk-1") -> dict[str, Any]:
+    """A help_requested envelope opening request ``help_id``."""
+    event = make_event("/ws/help")
+    event["data"].update(id=help_id, status=status, kiosk_id=kiosk)
+    return event
+
+
+def help_update(help_id: int, old: str, new: str, agent: str = "agent-1") -> dict[str, Any]:
+    """A help_status_updated envelope moving request ``help_id`` from ``old`` to ``new``."""
+    event = make_event("/ws/help")
+    event["type"] = "help_status_updated"
+    event["data"] = {
+        "id": help_id,
+        "old_status": old,
+        "new_status": new,
+        "agent_id": agent,
+        "updated_at": iso(T0),
+    }
+    return event
 
 
 def seqs(events: list[dict[str, Any]]) -> list[int]:

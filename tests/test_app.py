@@ -21,8 +21,8 @@ def test_one_cleanup_context_per_resource_in_order() -> None:
     names = [ctx.__qualname__.split(".")[0] for ctx in app.cleanup_ctx]
     assert names == [
         "_store_context",
-        "_projection_context",
         "_presence_context",
+        "_claims_context",
         "_relay_context",
         "_sockets_context",
     ]

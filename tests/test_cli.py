@@ -351,3 +351,28 @@ def test_config_check_fails_a_bad_configuration(env: dict[str, str]) -> None:
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert next(iter(env)) in result.stderr or "replay_buffer_size" in result.stderr
+
+
+def test_state_rebuild_folds_the_history_into_the_state(tmp_path: Path) -> None:
+    import asyncio
+    import sqlite3
+
+    from lockerbus.store.sqlite import SqliteEventStore
+    from tests.storekit import help_event, locker_event
+
+    path = tmp_path / "events.db"
+
+    async def fill() -> None:
+        async with SqliteEventStore(path) as store:
+            await store.append(locker_event("k1", "L1", "open"))
+            await store.append(help_event(12))
+
+    asyncio.run(fill())
+    with sqlite3.connect(path) as conn:  # a restore that brought back events but no state
+        conn.execute("DELETE FROM state")
+    result = run("state", "rebuild", "--store", f"sqlite:///{path}", env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert "2 entries" in result.stdout
+    with sqlite3.connect(path) as conn:
+        kinds = sorted(kind for (kind,) in conn.execute("SELECT kind FROM state"))
+    assert kinds == ["help", "lockers"]

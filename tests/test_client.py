@@ -238,8 +238,10 @@ async def test_disk_queue_survives_a_restart_of_the_client(http, tmp_path: Path)
             await asyncio.wait_for(rebooted.wait_sent(), WAIT)
         lockers = await stored(server, http, "/ws/lockers")
         help_ = await stored(server, http, "/ws/help")
-        status = [
-            e for e in await stored(server, http, "/ws/events") if e["type"] == "system_status"
+        status = [  # the kiosk's own (the server announces it online too, §11)
+            e
+            for e in await stored(server, http, "/ws/events")
+            if e["type"] == "system_status" and e["source"]["role"] == "kiosk"
         ]
         assert [e["data"]["lockerId"] for e in lockers] == ["L1"]
         assert (
@@ -378,3 +380,28 @@ async def test_a_resend_after_a_lost_ack_is_stored_once(server_factory) -> None:
         stored = (await resp.json())["events"]
     assert [e["id"] for e in stored] == [event["id"]], "stored exactly once"
     assert stored[0] == event
+
+
+async def test_recovered_false_hands_the_state_to_rebuild_from(server_factory, http) -> None:
+    """Contract §11: history lost (evicted here) -> the client loads /api/lockers."""
+    server = await server_factory(max_events=2)
+    for n in range(5):  # locker L0..L4: only the last two events are still held
+        status, _ = await server.post_event(http, locker_event(n))
+        assert status == 201
+    client = LockerbusClient(
+        server.url,
+        server.token("panel", "panel-1"),
+        namespaces=["/ws/lockers"],
+        positions={"/ws/lockers": (1, None)},
+        options=FAST,
+    )
+    rec = Recorder(client, "replay_complete", "state")
+    async with client:
+        await rec.until(lambda: len(rec.of("state")) == 1)
+        assert rec.of("replay_complete")[0]["recovered"] is False
+        [state] = rec.of("state")
+        assert state["namespace"] == "/ws/lockers"
+        assert state["last_seq"] == 5
+        # all five lockers, though three of their events were evicted
+        assert [x["lockerId"] for x in state["lockers"]] == ["L0", "L1", "L2", "L3", "L4"]
+        assert client.links["/ws/lockers"].state == state

@@ -4,13 +4,18 @@ one real redis-server, real Socket.IO clients."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.cluster_support import wait_ready
-from tests.processes import ServerProcess
+from tests.metrics_support import samples, scrape
+from tests.processes import ServerProcess, stored_events
 from tests.redis_support import RedisServer
 from tests.support import connect, locker_event, start_server
 
@@ -28,6 +33,8 @@ async def instances(redis: RedisServer, directory: Path, count: int = 2) -> list
         for i in range(count)
     ]
     await asyncio.gather(*(p.started() for p in procs))
+    async with aiohttp.ClientSession() as http:  # ready: store answers, pub/sub subscribed
+        await wait_ready(http, *procs)
     return procs
 
 
@@ -261,6 +268,8 @@ async def test_listener_resubscribes_after_its_connection_is_killed(
     relay_before, relay_after = before["cluster"]["relay"], after["cluster"]["relay"]
     assert relay_after["filled_from_store"] == relay_before["filled_from_store"]
     assert live_seqs(watcher) == [event["seq"], second["seq"]]
+    found = samples(await scrape(http, b.url))
+    assert found[("lockerbus_relay_errors_total", (("kind", "pubsub"),))] >= 1
 
 
 async def test_a_dead_listener_is_noticed_and_restarted(redis_server) -> None:
@@ -280,6 +289,7 @@ async def test_a_dead_listener_is_noticed_and_restarted(redis_server) -> None:
         await watcher.wait_for(lambda: event["seq"] in live_seqs(watcher), timeout=15)
         assert live_seqs(watcher) == [event["seq"]]
         await watcher.wait_for(lambda: relay.restarts >= 1 and manager.alive(), timeout=15)
+        assert relay.filled >= 1, "the event the dead listener missed came from the store"
         second = await a.app[_bus_key()].emit_locker_state_changed("L1", "open", "closed", "k-1")
         await watcher.wait_for(lambda: second["seq"] in live_seqs(watcher), timeout=5)
         assert live_seqs(watcher) == [event["seq"], second["seq"]]
@@ -298,3 +308,88 @@ def _bus_key() -> Any:
     from lockerbus.app import BUS
 
     return BUS
+
+
+async def command(
+    server: ServerProcess, http: aiohttp.ClientSession, body: dict[str, Any], sub: str
+) -> dict[str, Any]:
+    async with http.post(
+        f"{server.url}/api/commands", json=body, headers=server.headers("panel", sub)
+    ) as resp:
+        answer = await resp.json()
+        assert resp.status == 201, answer
+        return dict(answer)
+
+
+class Claims:
+    """Watches Redis (MONITOR) for instances asking to claim one command key."""
+
+    def __init__(self, redis: RedisServer, key: str) -> None:
+        self.redis, self.key, self.seen = redis, key, 0
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+
+    def _watch(self, wanted: int) -> None:
+        deadline = time.monotonic() + 15
+        with self.redis.client() as admin, admin.monitor() as monitor:
+            self.ready.set()
+            while self.seen < wanted and time.monotonic() < deadline:
+                command = monitor.next_command()["command"]
+                if command.startswith(f"SET {self.key} running:"):
+                    self.seen += 1
+
+    async def wait(self, wanted: int, started: Callable[[], Any]) -> None:
+        """Call ``started`` once watching, then wait for ``wanted`` claim attempts."""
+        watching = asyncio.create_task(asyncio.to_thread(self._watch, wanted))
+        await asyncio.to_thread(self.ready.wait, 10)
+        started()
+        await watching
+        assert self.seen >= wanted, self.seen
+
+
+async def test_a_command_retried_on_the_other_instance_runs_once(
+    redis_server, cluster_factory, http
+) -> None:
+    """Contract §13: the same idempotency_key by the same principal runs once in the
+    whole cluster, and the retry gets the first one's answer: retried on the other
+    instance after the answer, and while the first still runs there."""
+    a, b = await cluster_factory(redis_server)
+    calls: list[dict[str, Any]] = []
+    first_call, answer = asyncio.Event(), asyncio.Event()
+
+    async def on_command(cmd: dict[str, Any]) -> Any:
+        calls.append(cmd)
+        first_call.set()
+        await answer.wait()
+        return {"success": True, "message": f"opened {len(calls)}"}
+
+    kiosk = await connect(a, EVENTS, role="kiosk", sub="kiosk-7", handlers={"command": on_command})
+    await kiosk.wait_events(EVENTS, "replay_complete", 1)
+    body = {"type": "open", "kioskId": "kiosk-7", "lockerId": "L1", "idempotency_key": "k-1"}
+
+    # while it runs on A: the retry on B waits for A's answer instead of running it
+    on_a = asyncio.create_task(command(a, http, body, "panel-1"))
+    await first_call.wait()
+    tasks: list[asyncio.Task[dict[str, Any]]] = []
+    claims = Claims(redis_server, "lockerbus:command:panel-1:k-1")
+    # B asks for the claim, finds A's, and asks again: it is polling, not running
+    await claims.wait(
+        2, lambda: tasks.append(asyncio.create_task(command(b, http, body, "panel-1")))
+    )
+    on_b = tasks[0]
+    assert not on_b.done() and len(calls) == 1
+    answer.set()
+    first, waited = await asyncio.gather(on_a, on_b)
+    assert first == waited
+    assert first["data"]["result"]["message"] == "opened 1"
+
+    # after the answer: the retry on either instance gets the same event
+    assert await command(b, http, body, "panel-1") == first
+    assert await command(a, http, body, "panel-1") == first
+    assert len(calls) == 1
+    stored, _ = await stored_events(b, EVENTS)
+    assert [e["id"] for e in stored if e["type"] == "command_applied"] == [first["id"]]
+
+    # the key is the principal's: another principal's command with it runs
+    other = await command(b, http, body, "panel-2")
+    assert other["id"] != first["id"] and len(calls) == 2

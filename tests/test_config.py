@@ -141,11 +141,23 @@ BAD_VALUES: dict[str, list[str]] = {
     "message_queue": ["amqp://queue"],
     "max_events": ["0", "-1", "ten", "1e3"],
     "ttl_hours": ["0", "-1", "nan", "inf", "x"],
+    "retention": [
+        "{",
+        "[]",
+        '{"/ws/nope": {"max_events": 5}}',
+        '{"/ws/events": 5}',
+        '{"/ws/events": {}}',
+        '{"/ws/events": {"max_events": 0}}',
+        '{"/ws/events": {"max_events": "many"}}',
+        '{"/ws/events": {"ttl_hours": -1}}',
+        '{"/ws/events": {"ttl": 1}}',
+    ],
     "cleanup_interval_minutes": ["0", "-5"],
     "replay_buffer_size": ["0", "many"],
     "replay_window_minutes": ["-1", "soon"],
     "max_event_bytes": ["0", "64k"],
     "command_timeout_seconds": ["0", "-1", "inf"],
+    "kiosk_offline_grace_seconds": ["-1", "soon", "inf"],
     "cors_origins": ["example.com", "ftp://x"],
     "board_enabled": ["maybe", "2"],
     "websocket_compression": ["sometimes"],
@@ -337,3 +349,21 @@ def test_previous_secrets_are_read_as_a_list() -> None:
     secret, old1, old2 = "s" * 40, "a" * 40, "b" * 40
     env = {"LOCKERBUS_SECRET": secret, "LOCKERBUS_PREVIOUS_SECRETS": f"{old1}, {old2}"}
     assert load_settings(env=env).previous_secrets == (old1, old2)
+
+
+def test_retention_per_namespace_from_env_and_file(toml_file: Any) -> None:
+    env = {"LOCKERBUS_RETENTION": '{"/ws/events": {"max_events": 200, "ttl_hours": 0.5}}'}
+    settings = load_settings(env=env)
+    assert settings.namespace_retention("/ws/events") == (200, 1800.0)
+    assert settings.namespace_retention("/ws/lockers") == (10_000, 86_400.0)
+    path = toml_file(
+        '[lockerbus]\nmax_events = 50\n[lockerbus.retention."/ws/help"]\nttl_hours = 168\n'
+    )
+    from_file = load_settings(env={}, config_file=path)
+    assert from_file.namespace_retention("/ws/help") == (50, 168 * 3600.0)
+    with pytest.raises(ConfigError, match=r"^retention: /ws/help.ttl_hours: expected a number"):
+        load_settings(
+            env={}, config_file=toml_file('[lockerbus.retention."/ws/help"]\nttl_hours = "x"\n')
+        )
+    with pytest.raises(ConfigError, match=r"^LOCKERBUS_RETENTION: '/ws/x' is not a namespace"):
+        load_settings(env={"LOCKERBUS_RETENTION": '{"/ws/x": {"ttl_hours": 1}}'})

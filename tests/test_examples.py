@@ -155,7 +155,8 @@ async def test_gateway_publish(server, http) -> None:
     finally:
         gateway.kill()
     assert re.search(r"^201 locker_state_changed seq=1 id=[0-9a-f-]{36}$", output, re.M)
-    assert re.search(r"^201 help_status_updated seq=1 ", output, re.M)
+    assert re.search(r"^201 help_requested seq=1 ", output, re.M)
+    assert re.search(r"^201 help_status_updated seq=2 ", output, re.M)
     assert re.search(r"^201 system_status seq=\d+ ", output, re.M)
     assert re.search(r"^422 validation_error: .*'data\.kioskId'", output, re.M)
     assert "lockers at seq 1:\n  kiosk-1/L1 reserved" in output

@@ -150,7 +150,7 @@ async def test_metrics_cover_replay_fallback_evictions_and_commands(server_facto
     server = await server_factory(max_events=3)
     listener = await connect(server, "/ws/lockers", auth={"replay": False})
     await listener.wait_events("/ws/lockers", "replay_complete", 1)
-    for n in range(3):  # with the connection event, the third evicts: capacity
+    for n in range(4):  # the namespace holds three: the fourth evicts (capacity)
         await server.post_event(http, locker_event(n))
     client = await connect(server, "/ws/lockers", auth={"last_seq": 0})
     await client.wait_events("/ws/lockers", "replay_complete", 1)
@@ -170,6 +170,6 @@ async def test_metrics_cover_replay_fallback_evictions_and_commands(server_facto
     assert samples[("lockerbus_store_evictions_total", (("reason", "capacity"),))] >= 1
     assert samples[("lockerbus_events_replayed_total", ())] >= 1
     fallback = ("lockerbus_fallback_broadcasts_total", (("namespace", "/ws/lockers"),))
-    assert samples[fallback] == 3
+    assert samples[fallback] == 4
     assert samples[("lockerbus_commands_total", (("outcome", "kiosk_offline"),))] == 1
     assert samples[("lockerbus_connections", (("namespace", "/ws/lockers"),))] == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from lockerbus.app import PROJECTION, STORE
+from lockerbus.app import STORE
 from tests.support import connect, locker_event, start_server
 
 
@@ -76,10 +76,11 @@ async def test_help_snapshot_keeps_open_requests(server, http) -> None:
     await server.post_event(http, help_requested(3, "high", status="resolved"))
     await server.post_event(http, help_updated(2, "open", "assigned"))
     _, last = await server.post_event(http, help_updated(1, "open", "resolved"))
-    await server.post_event(http, help_updated(99, "open", "assigned"))  # unknown: ignored
+    status, refused = await server.post_event(http, help_updated(99, "open", "assigned"))
+    assert (status, refused["error"]["code"]) == (409, "conflict"), "unknown id (§11)"
     status, body = await get(server, http, "/api/help")
     assert status == 200
-    assert body["last_seq"] == last["seq"] + 1
+    assert body["last_seq"] == last["seq"], "a refused event takes no seq"
     [request] = body["help_requests"]
     assert request["id"] == 2 and request["priority"] == "urgent"
     assert request["status"] == "assigned" and request["agent_id"] == "agent-1"
@@ -107,8 +108,7 @@ async def test_projection_rebuilt_from_a_durable_store(server_factory, http, tmp
     _, help_before = await get(first, http, "/api/help")
     await first.stop()
     second = await server_factory(store=url)
-    # rebuilt at start, before any request
-    assert len(second.app[PROJECTION].lockers) == 2
+    # the state is the store's: nothing to rebuild
     _, after = await get(second, http, "/api/lockers")
     _, help_after = await get(second, http, "/api/help")
     assert after == before and help_after == help_before
@@ -153,3 +153,23 @@ async def test_snapshot_then_resume_has_no_gap_and_no_double(server, http) -> No
     [complete] = client.events("/ws/lockers", "replay_complete")
     assert complete["recovered"] is True
     await client.close()
+
+
+async def test_help_conflicts_over_http_and_socket(server, http) -> None:
+    """Contract §11: an open id reused, an unknown id, a stale old_status are `conflict`."""
+    assert (await server.post_event(http, help_requested(8, "low")))[0] == 201
+    status, body = await server.post_event(http, help_requested(8, "high"))
+    assert (status, body["error"]["code"]) == (409, "conflict")
+    assert "already open" in body["error"]["message"]
+    status, body = await server.post_event(http, help_updated(8, "assigned", "resolved"))
+    assert (status, body["error"]["code"]) == (409, "conflict")
+    assert body["error"]["fields"] == {"data.old_status": ["the current status is open"]}
+    agent = await connect(server, "/ws/help", role="panel", sub="agent-1")
+    await agent.wait_events("/ws/help", "replay_complete", 1)
+    request = {"type": "help_status_updated", "data": help_updated(8, "open", "assigned")["data"]}
+    ack = await agent.call("publish", request, "/ws/help")
+    assert ack["ok"] is True
+    ack = await agent.call("publish", request, "/ws/help")
+    assert (ack["ok"], ack["error"]["code"]) == (False, "conflict")
+    _, snapshot = await get(server, http, "/api/help")
+    assert [(r["id"], r["status"]) for r in snapshot["help_requests"]] == [(8, "assigned")]

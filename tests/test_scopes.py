@@ -82,8 +82,8 @@ async def test_help_status_updated_takes_the_kiosk_of_its_request(server, http) 
     assert status == 201, update
     assert update["tags"] == {"kiosk": "kiosk-5", "help": "41", "status": "assigned"}
     assert update["source"] == {"sub": "panel-1", "role": "panel"}
-    _, unknown = await server.post_event(http, help_update(999), "panel", "panel-1")
-    assert "kiosk" not in unknown["tags"]
+    status, unknown = await server.post_event(http, help_update(999), "panel", "panel-1")
+    assert (status, unknown["error"]["code"]) == (409, "conflict"), "unknown id (§11)"
 
 
 async def test_kiosk_system_status_is_tagged_with_its_kiosk(server) -> None:

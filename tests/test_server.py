@@ -171,7 +171,19 @@ async def test_kiosk_system_status_only_for_component_kiosk(server) -> None:
     assert ack["error"]["code"] == "forbidden"
 
 
-async def test_help_status_updated_by_panel(server) -> None:
+async def test_help_status_updated_by_panel(server, http) -> None:
+    opened = {
+        "type": "help_requested",
+        "data": {
+            "id": 1,
+            "kiosk_id": "kiosk-1",
+            "category": "other",
+            "status": "open",
+            "created_at": "2026-11-26T19:00:00Z",
+            "priority": "low",
+        },
+    }
+    assert (await server.post_event(http, opened))[0] == 201
     client = await connect(server, HELP, role="panel")
     payload = {
         "type": "help_status_updated",

@@ -65,3 +65,23 @@ async def test_signal_drains_and_loses_no_accepted_event(tmp_path, sig) -> None:
         assert epoch == acked[0]["epoch"]
     finally:
         proc.kill()
+
+
+async def test_a_polling_client_that_never_polls_again_does_not_hold_the_stop() -> None:
+    """Engine.IO waits for each socket's close packet to be taken: a bare long-polling
+    handshake never takes it, and the stop used to wait forever."""
+    import aiohttp
+
+    from lockerbus import runner
+    from lockerbus.config import load_settings
+
+    settings = load_settings(env={"LOCKERBUS_SECRET": "s" * 40, "LOCKERBUS_PORT": "0"})
+    running = await runner.start(settings)
+    try:
+        url = f"http://127.0.0.1:{running.port}/socket.io/?EIO=4&transport=polling"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            assert response.status == 200
+            assert (await response.text()).startswith("0{")  # an Engine.IO open packet
+    finally:
+        # bounded: the stop waits CLOSE_TIMEOUT_SECONDS at most for the close packet
+        await asyncio.wait_for(running.stop(), 15)

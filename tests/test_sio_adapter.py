@@ -45,12 +45,18 @@ def test_a_changed_internal_is_reported_by_name() -> None:
         async def method(self) -> None:
             return None
 
+        def plain(self) -> None:
+            return None
+
     gone = Internal("lib.Library._gone", Library, "_gone", "coroutine")
     unset = Internal("lib.Library._unset", Library, "_unset", "assigned")
     changed = Internal("lib.Library.method", Library, "method", "asyncgen")
     assert check_internal(gone) == "lib.Library._gone: removed"
     assert check_internal(unset) == "lib.Library._unset: no longer set by Library.__init__"
     assert check_internal(changed) == "lib.Library.method: no longer an async generator"
+    coroutine = Internal("lib.Library.method", Library, "method", "method")
+    assert check_internal(coroutine) == "lib.Library.method: no longer a plain method"
+    assert check_internal(Internal("lib.Library.plain", Library, "plain", "method")) is None
     assert check_internal(Internal("lib.Library.present", Library, "present", "assigned")) is None
 
 
@@ -61,7 +67,7 @@ def test_all_hold_together() -> None:
 # the library internals above, as reached on another object: ``self._x`` is our own,
 # and a custom field calling ``super()._deserialize`` is marshmallow's documented way
 PRIVATE_USES = re.compile(
-    r"_handle_eio_message|_handle_connect|manager_initialized"
+    r"_handle_eio_message|_handle_connect|manager_initialized|_redis_listen_with_retries|_redis_connect"
     r"|(?<!self)(?<!super\(\))\.(_async|_queue|_getters|_hooks|_deserialize|_listen|_publish|_thread|_sock)\b"
 )
 

@@ -14,12 +14,23 @@ from typing import Any
 
 import pytest
 
-from lockerbus.errors import StoreUnavailableError
-from lockerbus.store import DuplicateEvent, EventStore, StoreOptions, open_store
-from tests.storekit import BACKENDS, Backend, FakeClock, at_minute, make_event, seqs
+from lockerbus.errors import ConflictError, StoreUnavailableError
+from lockerbus.store import DuplicateEvent, EventStore, Retention, StoreOptions, open_store
+from tests.storekit import (
+    BACKENDS,
+    Backend,
+    FakeClock,
+    at_minute,
+    help_event,
+    help_update,
+    locker_event,
+    make_event,
+    seqs,
+)
 
 LOCKERS = "/ws/lockers"
 HELP = "/ws/help"
+EVENTS = "/ws/events"
 HOUR = 3600.0
 
 
@@ -32,11 +43,28 @@ class Factory:
         self.directory = directory
         self.stores: list[EventStore] = []
 
-    async def __call__(self, *, max_events: int = 1000, ttl_seconds: float = HOUR) -> EventStore:
+    async def __call__(
+        self,
+        *,
+        max_events: int = 1000,
+        ttl_seconds: float = HOUR,
+        namespaces: dict[str, Retention] | None = None,
+    ) -> EventStore:
         options = StoreOptions(
-            max_events=max_events, ttl_seconds=ttl_seconds, cleanup_interval_seconds=HOUR
+            max_events=max_events,
+            ttl_seconds=ttl_seconds,
+            cleanup_interval_seconds=HOUR,
+            namespaces=namespaces or {},
         )
         url = self.backend.url(self.directory, f"store{len(self.stores)}")
+        return await self._open(url, options)
+
+    async def again(self) -> EventStore:
+        """Another handle on the first store's storage (as a second process would open it)."""
+        options = StoreOptions(cleanup_interval_seconds=HOUR)
+        return await self._open(self.backend.url(self.directory, "store0"), options)
+
+    async def _open(self, url: str, options: StoreOptions) -> EventStore:
         store = open_store(url, options, clock=self.clock)
         await store.start()
         self.stores.append(store)
@@ -426,23 +454,60 @@ async def test_ttl_expiry_and_cleanup(store_factory: Factory) -> None:
     assert (await store.append(make_event(HELP)))["seq"] == 3
 
 
-async def test_capacity_evicts_the_oldest_first_across_namespaces(
-    store_factory: Factory,
-) -> None:
-    store = await store_factory(max_events=10)
+async def test_capacity_holds_per_namespace(store_factory: Factory) -> None:
+    store = await store_factory(max_events=5)
     for i in range(15):
-        await store.append(make_event(HELP if i % 2 else LOCKERS))
+        await store.append(make_event(HELP if i % 3 == 0 else LOCKERS))
     await store.cleanup()
     stats = await store.stats()
+    # 10 lockers events, 5 help events: only lockers is over its own cap
     assert stats.events == 10
     assert stats.evictions["capacity"] == 5
-    # appended L1 H1 L2 H2 L3 H3 L4 H4 ...: the first five were L1 H1 L2 H2 L3
-    assert seqs((await store.page(LOCKERS, limit=20)).events) == [4, 5, 6, 7, 8]
-    assert seqs((await store.page(HELP, limit=20)).events) == [3, 4, 5, 6, 7]
-    lost = await store.replay(LOCKERS, after_seq=2, limit=100)
-    assert (lost.recovered, seqs(lost.events)) == (False, [4, 5, 6, 7, 8])
-    held = await store.replay(LOCKERS, after_seq=3, limit=100)
+    assert seqs((await store.page(LOCKERS, limit=20)).events) == [6, 7, 8, 9, 10]
+    assert seqs((await store.page(HELP, limit=20)).events) == [1, 2, 3, 4, 5]
+    lost = await store.replay(LOCKERS, after_seq=4, limit=100)
+    assert (lost.recovered, seqs(lost.events)) == (False, [6, 7, 8, 9, 10])
+    held = await store.replay(LOCKERS, after_seq=5, limit=100)
     assert held.recovered is True
+
+
+async def test_a_storm_in_one_namespace_pushes_no_other_out(store_factory: Factory) -> None:
+    store = await store_factory(max_events=20)
+    await fill(store, 3)
+    await fill(store, 200, EVENTS)
+    page = await store.page(LOCKERS, limit=10)
+    assert seqs(page.events) == [1, 2, 3]
+    assert (await store.replay(LOCKERS, after_seq=0, limit=10)).recovered is True
+    assert (await store.stats()).namespaces[EVENTS].count == 20
+
+
+async def test_retention_overrides_per_namespace(store_factory: Factory) -> None:
+    overrides = {EVENTS: Retention(max_events=2, ttl_seconds=60)}
+    store = await store_factory(max_events=100, ttl_seconds=HOUR, namespaces=overrides)
+    await fill(store, 5, EVENTS)
+    await fill(store, 5)
+    assert seqs((await store.page(EVENTS, limit=10)).events) == [4, 5]
+    store_factory.clock.advance(61)
+    assert (await store.page(EVENTS, limit=10)).events == []
+    assert seqs((await store.page(LOCKERS, limit=10)).events) == [1, 2, 3, 4, 5]
+    await store.cleanup()
+    assert (await store.stats()).evictions == {"ttl": 2, "capacity": 3, "corrupt": 0}
+    store_factory.clock.advance(HOUR)
+    assert (await store.page(LOCKERS, limit=10)).events == []
+
+
+async def test_append_many_keeps_each_namespaces_retention(store_factory: Factory) -> None:
+    overrides = {EVENTS: Retention(max_events=2, ttl_seconds=60)}
+    store = await store_factory(max_events=100, ttl_seconds=HOUR, namespaces=overrides)
+    first = await store.append_many([make_event(EVENTS) for _ in range(3)] + [make_event()])
+    assert [o["seq"] for o in first if isinstance(o, dict)] == [1, 2, 3, 1]
+    assert seqs((await store.page(EVENTS, limit=10)).events) == [2, 3]
+    store_factory.clock.advance(61)
+    assert (await store.page(EVENTS, limit=10)).events == []
+    assert seqs((await store.page(LOCKERS, limit=10)).events) == [1]
+    # the evicted and expired events' ids are free again
+    again = await store.append({**make_event(EVENTS), "id": first[0]["id"]})
+    assert again["seq"] == 4
 
 
 async def test_stats(store: EventStore) -> None:
@@ -458,6 +523,170 @@ async def test_stats(store: EventStore) -> None:
     assert stats.namespaces[LOCKERS].last_seq == 3
     assert stats.namespaces[HELP].count == 2
     assert stats.evictions == {"ttl": 0, "capacity": 0, "corrupt": 0}
+
+
+# -- state (contract §11) -----------------------------------------------------------
+
+
+async def test_state_holds_each_lockers_latest_entry(store_factory: Factory) -> None:
+    store = await store_factory(max_events=2, ttl_seconds=60)
+    empty = await store.read_state("lockers")
+    assert (empty.entries, empty.last_seq, empty.epoch) == ([], 0, store.epoch)
+    await store.append(locker_event("k1", "L2", "open"))
+    await store.append(locker_event("k1", "L1", "open"))
+    await store.append(locker_event("k1", "L2", "closed"))
+    await store.append(make_event(HELP))
+    snapshot = await store.read_state("lockers")
+    assert snapshot.last_seq == 3
+    assert [(e["lockerId"], e["state"], e["seq"]) for e in snapshot.entries] == [
+        ("L1", "open", 2),
+        ("L2", "closed", 3),
+    ]
+    assert snapshot.entries[0]["kioskId"] == "k1"
+    assert snapshot.entries[0]["timestamp"]
+    # history expires and is evicted; the state does not shrink
+    await store.append(locker_event("k2", "L9", "open"))
+    store_factory.clock.advance(120)
+    await store.cleanup()
+    assert (await store.page(LOCKERS, limit=10)).events == []
+    after = await store.read_state("lockers")
+    assert [(e["kioskId"], e["lockerId"]) for e in after.entries] == [
+        ("k1", "L1"),
+        ("k1", "L2"),
+        ("k2", "L9"),
+    ]
+    assert after.last_seq == 4
+
+
+async def test_state_holds_open_help_requests(store: EventStore) -> None:
+    await store.append(help_event(7, "open", kiosk="k1"))
+    await store.append(help_event(3, "open", kiosk="k2"))
+    await store.append(help_update(7, "open", "assigned", agent="ann"))
+    snapshot = await store.read_state("help")
+    assert snapshot.last_seq == 3
+    assert [(e["id"], e["status"], e["seq"]) for e in snapshot.entries] == [
+        (3, "open", 2),
+        (7, "assigned", 3),
+    ]
+    seven = snapshot.entries[1]
+    assert (seven["kiosk_id"], seven["agent_id"], seven["category"]) == ("k1", "ann", "other")
+    await store.append(help_update(7, "assigned", "resolved"))
+    assert [e["id"] for e in (await store.read_state("help")).entries] == [3]
+    # a resolved id may be opened again
+    reopened = await store.append(help_event(7, "open"))
+    assert reopened["seq"] == 5
+    assert [e["id"] for e in (await store.read_state("help")).entries] == [3, 7]
+
+
+async def test_help_conflicts_are_refused_without_a_seq(store: EventStore) -> None:
+    await store.append(help_event(1, "open"))
+    with pytest.raises(ConflictError) as reused:
+        await store.append(help_event(1, "open"))
+    assert reused.value.code == "conflict"
+    assert reused.value.http_status == 409
+    with pytest.raises(ConflictError, match="not open"):
+        await store.append(help_update(2, "open", "assigned"))
+    with pytest.raises(ConflictError, match="is open, not assigned"):
+        await store.append(help_update(1, "assigned", "resolved"))
+    assert await store.last_seq(HELP) == 1, "a refusal consumes no seq"
+    assert (await store.append(help_update(1, "open", "assigned")))["seq"] == 2
+    with pytest.raises(ConflictError):
+        await store.append(help_update(1, "open", "assigned"))
+    snapshot = await store.read_state("help")
+    assert [(e["id"], e["status"]) for e in snapshot.entries] == [(1, "assigned")]
+
+
+async def test_a_resent_help_event_is_a_duplicate_not_a_conflict(store: EventStore) -> None:
+    """The id is decided before the state (§12 before §11), singly and in a batch."""
+    opened = await store.append(help_event(9, "open"))
+    moved = await store.append(help_update(9, "open", "assigned"))
+    for resent, stored in ((opened, opened), (moved, moved)):
+        again = {k: v for k, v in resent.items() if k not in ("seq", "epoch")}
+        with pytest.raises(DuplicateEvent) as caught:
+            await store.append(again)
+        assert caught.value.event == stored
+        [outcome] = await store.append_many([again])
+        assert isinstance(outcome, DuplicateEvent) and outcome.event == stored
+    # the same help id under a new event id: that is the state's conflict
+    with pytest.raises(ConflictError):
+        await store.append(help_event(9, "open"))
+    assert await store.last_seq(HELP) == 2
+    assert [(e["id"], e["status"]) for e in (await store.read_state("help")).entries] == [
+        (9, "assigned")
+    ]
+
+
+async def test_append_many_checks_and_writes_the_state_per_item(store: EventStore) -> None:
+    batch = [
+        help_event(1, "open"),
+        help_event(1, "open"),  # a new event id opening an open request: refused alone
+        help_update(1, "open", "assigned"),
+        help_update(2, "open", "assigned"),  # never opened: refused alone
+        locker_event("k1", "L1", "open"),
+    ]
+    outcomes = await store.append_many(batch)
+    assert [o["seq"] if isinstance(o, dict) else type(o) for o in outcomes] == [
+        1,
+        ConflictError,
+        2,
+        ConflictError,
+        1,
+    ]
+    assert [(e["id"], e["status"], e["seq"]) for e in (await store.read_state("help")).entries] == [
+        (1, "assigned", 2)
+    ]
+    lockers = await store.read_state("lockers")
+    assert [(e["lockerId"], e["seq"]) for e in lockers.entries] == [("L1", 1)]
+    # a refused item took no seq and holds no id: the same event may come again later
+    again = await store.append_many([batch[3]])
+    assert isinstance(again[0], ConflictError)
+
+
+async def test_racing_help_updates_exactly_one_wins(store_factory: Factory) -> None:
+    first = await store_factory()
+    # a second handle on the same store where the backend is shared (not memory)
+    second = first if store_factory.backend.name == "memory" else await store_factory.again()
+    await first.append(help_event(40, "open"))
+    outcomes = await asyncio.gather(
+        *(
+            (first if i % 2 else second).append(help_update(40, "open", "assigned", f"a{i}"))
+            for i in range(10)
+        ),
+        return_exceptions=True,
+    )
+    won = [o for o in outcomes if isinstance(o, dict)]
+    assert len(won) == 1
+    assert all(isinstance(o, ConflictError) for o in outcomes if o not in won)
+    entries = (await first.read_state("help")).entries
+    assert entries[0]["agent_id"] == won[0]["data"]["agent_id"]
+
+
+async def test_loading_the_state_then_resuming_from_its_last_seq_is_gap_free(
+    store: EventStore,
+) -> None:
+    await store.append(locker_event("k1", "L1", "open"))
+    snapshot = await store.read_state("lockers")
+    await store.append(locker_event("k1", "L1", "closed"))
+    resumed = await store.replay(LOCKERS, after_seq=snapshot.last_seq, limit=10)
+    assert resumed.recovered is True
+    assert seqs(resumed.events) == [snapshot.last_seq + 1]
+
+
+async def test_rebuild_state_from_the_history_held(store_factory: Factory) -> None:
+    store = await store_factory(ttl_seconds=60)
+    await store.append(locker_event("k1", "L1", "open"))
+    store_factory.clock.advance(61)  # L1's event expires; the state keeps it
+    await store.append(locker_event("k1", "L2", "open"))
+    await store.append(help_event(70))
+    await store.append(help_update(70, "open", "assigned"))
+    await store.append(help_event(71))
+    before = await store.read_state("help")
+    assert len((await store.read_state("lockers")).entries) == 2
+    assert await store.rebuild_state() == 3, "L2 and two help requests: L1's history is gone"
+    assert await store.read_state("help") == before
+    assert [e["lockerId"] for e in (await store.read_state("lockers")).entries] == ["L2"]
+    with pytest.raises(ConflictError):
+        await store.append(help_event(70))
 
 
 # -- lifecycle --------------------------------------------------------------------

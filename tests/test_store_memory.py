@@ -59,7 +59,7 @@ async def test_each_event_is_held_once() -> None:
         log = store._logs[LOCKERS]
         record = log.records[0]
         assert record is not None
-        assert store._cache[record] is record  # (a test-only read; the store never does)
+        assert store._caches[LOCKERS][record] is record  # (a test-only read; the store never does)
         assert isinstance(record.blob, bytes)
 
 
@@ -81,7 +81,7 @@ async def test_a_mangled_entry_is_removed_counted_and_logged_once(
             "corrupt event removed: namespace=/ws/lockers seq=2 (checksum mismatch)"
         ]
         assert (await store.stats()).evictions["corrupt"] == 1
-        assert len(store._cache) == 3
+        assert len(store._caches[LOCKERS]) == 3
 
 
 async def test_an_entry_that_no_longer_deserializes_is_corrupt_too(
@@ -154,13 +154,13 @@ async def test_index_compacts_and_stays_consistent_under_churn() -> None:
             await store.append(make_event(namespace), ttl_seconds=5 if i % 11 == 0 else None)
             clock.advance(0.01)
         stats = await store.stats()
-        assert stats.events == len(store._cache) == 50
+        assert stats.events == sum(map(len, store._caches.values())) == 100
         for namespace, log in store._logs.items():
             held = log.held_records()
             assert len(held) == log.held == stats.namespaces[namespace].count
             assert [r.seq for r in held] == sorted(r.seq for r in held)
             assert len(log.records) < 5000, "the front of the index was compacted"
-        assert sum(stats.evictions.values()) == 5000 - 50
+        assert sum(stats.evictions.values()) == 5000 - 100
 
 
 async def test_zero_capacity_is_refused() -> None:

@@ -15,7 +15,7 @@ import pytest
 from lockerbus.errors import StoreUnavailableError
 from lockerbus.store import StoreOptions
 from lockerbus.store.sqlite import SqliteEventStore
-from tests.storekit import make_event, seqs
+from tests.storekit import help_event, help_update, locker_event, make_event, seqs
 
 LOCKERS = "/ws/lockers"
 HELP = "/ws/help"
@@ -279,3 +279,23 @@ async def test_no_method_runs_sqlite_on_the_event_loop_thread(tmp_path: Path) ->
         await store.check()
     assert seen
     assert loop_thread not in seen
+
+
+async def test_a_file_from_before_the_state_gets_it_built_from_its_history(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    async with sqlite_store(path) as store:
+        await store.append(locker_event("k1", "L1", "open"))
+        await store.append(locker_event("k1", "L1", "closed"))
+        await store.append(help_event(5))
+        await store.append(help_event(6))
+        await store.append(help_update(5, "open", "assigned"))
+        await store.append(help_update(6, "open", "resolved"))
+        before = (await store.read_state("lockers"), await store.read_state("help"))
+    with sqlite3.connect(path) as conn:  # what a file written by an older lockerbus lacks
+        conn.execute("DROP TABLE state")
+    async with sqlite_store(path) as store:
+        after = (await store.read_state("lockers"), await store.read_state("help"))
+        assert after == before
+        assert [(e["id"], e["status"]) for e in after[1].entries] == [(5, "assigned")]

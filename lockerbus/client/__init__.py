@@ -12,9 +12,12 @@ What this adds to ``socketio.AsyncClient`` (docs/client.md has the detail):
   the first connect and server-side disconnects, and stops on a refused token;
 * an ordered, bounded offline queue (optionally on disk) for publishes, each
   sent after the previous one was acked;
-* ``@client.on_command``: the handler's return value becomes the kiosk's ack.
+* ``@client.on_command``: the handler's return value becomes the kiosk's ack;
+* after ``recovered: false`` on ``/ws/lockers`` or ``/ws/help``, the server's
+  state (``/api/lockers``, ``/api/help``) goes to ``@client.on("state")``
+  handlers, to rebuild from instead of the lost history (contract §11).
 
-It imports no server code: only socketio, the event vocabulary and errors.
+It imports no server code: only socketio, aiohttp, the event vocabulary and errors.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .options import (
     backoff_delay,
     command_answer,
 )
+from .state import fetch_state
 
 __all__ = [
     "ClientClosed",
@@ -43,4 +47,5 @@ __all__ = [
     "PublishRejected",
     "backoff_delay",
     "command_answer",
+    "fetch_state",
 ]

@@ -185,7 +185,8 @@ class LockerbusClient(Publisher):
     def on(self, event_type: str, handler: Handler | None = None) -> Any:
         """Register ``handler(payload)`` for an event type, or ``*`` for every type.
 
-        Also ``replay_complete``, and ``connect``/``disconnect`` with
+        Also ``replay_complete``, ``state`` (after ``recovered: false``; see
+        :mod:`lockerbus.client.state`), and ``connect``/``disconnect`` with
         ``{namespace, ...}``.  Handlers run one at a time in arrival order;
         usable as a decorator.
         """

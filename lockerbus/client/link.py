@@ -9,10 +9,12 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import socketio
 
 from ..events import EVENT_TYPES, EVENTS_NS, NAMESPACE_ROOMS
 from .options import FATAL_REFUSALS, ConnectionRefused, backoff_delay, log
+from .state import STATE_ROUTES, fetch_state
 
 if TYPE_CHECKING:
     from .core import LockerbusClient
@@ -37,6 +39,9 @@ class Link:
         self._last_error: Any = None
         self.task: asyncio.Task[None] | None = None
         self.connects = 0
+        #: the latest state loaded after a ``recovered: false`` (see client.state)
+        self.state: dict[str, Any] | None = None
+        self._rebuilds: set[asyncio.Task[None]] = set()
 
     def auth(self) -> dict[str, Any]:
         auth: dict[str, Any] = {"token": self.client.token()}
@@ -94,6 +99,21 @@ class Link:
             log.warning("%s: events were lost while offline (recovered=false)", self.namespace)
         self.live.set()
         self.client._dispatch("replay_complete", info)
+        if self.recovered is False and self.namespace in STATE_ROUTES:
+            task = asyncio.create_task(self._rebuild(), name=f"lockerbus-state {self.namespace}")
+            self._rebuilds.add(task)
+            task.add_done_callback(self._rebuilds.discard)
+
+    async def _rebuild(self) -> None:
+        """History was lost: hand the handlers the state instead (contract §11)."""
+        client = self.client
+        try:
+            state = await fetch_state(client.url, client.token(), self.namespace, client.options)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("%s: could not load the state to rebuild from: %s", self.namespace, exc)
+            return
+        self.state = state
+        client._dispatch("state", state)
 
     def _disconnected(self, reason: Any = None) -> None:
         if self.connected.is_set():
@@ -188,6 +208,8 @@ class Link:
             await sio.eio.disconnect()
 
     async def close(self) -> None:
+        for task in list(self._rebuilds):
+            task.cancel()
         self._gone.set()
         if self.sio is not None:
             await self._close_sio(self.sio)
@@ -195,7 +217,5 @@ class Link:
 
 def _session_trusting(ca_file: str) -> Any:
     """An aiohttp session verifying TLS against ``ca_file`` (engine.io closes it)."""
-    import aiohttp
-
     context = ssl.create_default_context(cafile=ca_file)
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))

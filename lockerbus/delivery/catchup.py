@@ -6,6 +6,12 @@ await, so broadcasts meanwhile are held in its ``pending`` list; once the
 store has answered, the replayed events, ``replay_complete`` and the held
 events above the replay's last seq are queued with no await in between.  So a
 client sees live events strictly after its replay, and never one seq twice.
+
+Scopes and filters (contract §10): the replay keeps the events the
+connection's connect view matches (``count`` is the number sent, ``last_seq``
+the namespace position it covered, ``recovered`` decided by the store before
+any filtering), and a gap-fill keeps those its room view matches; events held
+meanwhile passed the hub's checks when they were held.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from ..events import Event
 from ..log import server_logger
 from ..metrics import Metrics
 from ..store import EventStore
+from ..tags import tags_of
 from .connection import Connection
 from .hub import Hub
 from .tasks import Background
@@ -76,15 +83,17 @@ class CatchUp:
         if self._hub.get(ns, conn.sid) is not conn:
             return  # gone while the store answered
         # From here to the end: no await, so no live event can slip in between.
-        for event in events:
+        sent = conn.views.replay(events)
+        for event in sent:
             self._hub.send(conn, event["type"], {**event, "replayed": True})
-        self._metrics.replayed.inc(len(events))
+        if request.mode != "none":
+            self._metrics.replay("connect", len(sent))
         self._hub.send(
             conn,
             "replay_complete",
             {
                 "namespace": ns,
-                "count": len(events),
+                "count": len(sent),
                 "last_seq": last_seq,
                 "epoch": epoch,
                 "recovered": recovered,
@@ -102,16 +111,23 @@ class CatchUp:
                 self._hub.send(conn, event["type"], event)
                 conn.last_seq = event["seq"]
 
-    async def join(self, conn: Connection, room: str) -> None:
+    async def join(self, conn: Connection, room: str, raw_filter: Any = None) -> None:
         """Join ``room`` and send what it was sent since this connection's last event.
 
         Between connecting and subscribing, events to a room with members skip
         the connection; the gap is filled from the store before the ack, so a
-        subscriber's stream has no hole.
+        subscriber's stream has no hole.  ``raw_filter`` is the subscribe
+        filter (bad_request if malformed): it narrows the gap-fill and the
+        room's live deliveries; subscribing again only replaces it.
         """
         if room in conn.rooms:
+            conn.views.subscribe(room, raw_filter)
             return
         async with conn.catching_up:
+            if room in conn.rooms:  # joined while this waited for the lock
+                conn.views.subscribe(room, raw_filter)
+                return
+            conn.views.subscribe(room, raw_filter)
             self._hub.join(conn, room)
             conn.replaying = True
             try:
@@ -124,10 +140,15 @@ class CatchUp:
                 return
             if self._hub.get(conn.namespace, conn.sid) is not conn:
                 return
-            missed = [e for e in page.events if e["seq"] > conn.last_seq and e["room"] == room]
+            views, after = conn.views, conn.last_seq
+            missed = [
+                e
+                for e in page.events
+                if e["seq"] > after and e["room"] == room and views.room(room, tags_of(e))
+            ]
             for event in missed:
                 self._hub.send(conn, event["type"], {**event, "replayed": True})
-            self._metrics.replayed.inc(len(missed))
+            self._metrics.replay("subscribe", len(missed))
             self.go_live(conn, page.last_seq if not page.has_more else page.events[-1]["seq"])
 
     def resync(self, namespace: str) -> None:

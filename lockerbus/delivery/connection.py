@@ -12,6 +12,7 @@ from ..auth import Principal
 from ..errors import BadRequestError
 from ..events import Event
 from ..service import parse_since
+from ..views import ConnectionViews
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,8 @@ class Connection:
     """One client's connection to one namespace.
 
     ``replaying`` is True from the connect handler until the catch-up goes
-    live; meanwhile broadcasts for it are held in ``pending``.
+    live; meanwhile broadcasts for it are held in ``pending``, each only if
+    the connection's views (scope and filters) let it through.
     """
 
     sid: str
@@ -61,6 +63,8 @@ class Connection:
     namespace: str
     principal: Principal
     replay: ReplayRequest
+    #: what it may receive: its scope, auth.filter and subscribe filters (contract §10)
+    views: ConnectionViews
     rooms: set[str] = field(default_factory=set)
     replaying: bool = True
     pending: list[Event] = field(default_factory=list)

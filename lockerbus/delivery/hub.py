@@ -1,7 +1,10 @@
 """Who is connected where, and the synchronous broadcast to them.
 
 A broadcast encodes the event once and queues it for every recipient with no
-await, so events reach each connection in the order they were stored.
+await, so events reach each connection in the order they were stored.  Who
+may receive it is decided here from the event's tags (contract §3, §10):
+rooms and namespaces keep an :class:`~lockerbus.views.Audience` each, so a
+recipient check is a few dictionary look-ups.
 """
 
 from __future__ import annotations
@@ -14,7 +17,11 @@ from typing import Any, Protocol
 from ..events import NAMESPACES, Event
 from ..log import server_logger
 from ..metrics import Metrics
+from ..tags import tags_of
+from ..views import Audience
 from .connection import Connection
+
+Readers = Audience[str, Connection]
 
 
 class Sender(Protocol):
@@ -41,13 +48,19 @@ class Hub:
         self._metrics = metrics
         self._max_pending = max_pending
         self.connections: dict[str, dict[str, Connection]] = {ns: {} for ns in NAMESPACES}
+        #: room members in join order (a kiosk's newest connection is the last)
         self.rooms: dict[str, dict[str, dict[str, Connection]]] = {ns: {} for ns in NAMESPACES}
+        #: the same members, indexed by their scope: who may read a room's event
+        self._room_readers: dict[str, dict[str, Readers]] = {ns: {} for ns in NAMESPACES}
+        #: every connection, indexed by scope AND auth.filter: the fallback's recipients
+        self._fallback: dict[str, Readers] = {ns: Audience() for ns in NAMESPACES}
         self.overflowed: list[Connection] = []
         self._wake: asyncio.Event | None = None
         self._per_principal: dict[str, int] = {}
 
     def add(self, conn: Connection) -> None:
         self.connections[conn.namespace][conn.sid] = conn
+        self._fallback[conn.namespace].add(conn.sid, conn, conn.views.connect)
         sub = conn.principal.sub
         self._per_principal[sub] = self._per_principal.get(sub, 0) + 1
         self._metrics.connections.labels(conn.namespace).set(len(self.connections[conn.namespace]))
@@ -55,6 +68,7 @@ class Hub:
     def remove(self, conn: Connection) -> None:
         if self.connections[conn.namespace].pop(conn.sid, None) is None:
             return
+        self._fallback[conn.namespace].discard(conn.sid)
         conn.mark_gone()
         sub = conn.principal.sub
         left = self._per_principal.get(sub, 1) - 1
@@ -67,16 +81,26 @@ class Hub:
         self._metrics.connections.labels(conn.namespace).set(len(self.connections[conn.namespace]))
 
     def join(self, conn: Connection, room: str) -> None:
-        self.rooms[conn.namespace].setdefault(room, {})[conn.sid] = conn
+        ns = conn.namespace
+        self.rooms[ns].setdefault(room, {})[conn.sid] = conn
+        self._room_readers[ns].setdefault(room, Audience()).add(conn.sid, conn, conn.views.reach)
         conn.rooms.add(room)
 
     def leave(self, conn: Connection, room: str) -> None:
-        members = self.rooms[conn.namespace].get(room)
+        """Leave ``room`` and forget its subscribe filter."""
+        ns = conn.namespace
+        members = self.rooms[ns].get(room)
         if members is not None:
             members.pop(conn.sid, None)
             if not members:
-                del self.rooms[conn.namespace][room]
+                del self.rooms[ns][room]
+        readers = self._room_readers[ns].get(room)
+        if readers is not None:
+            readers.discard(conn.sid)
+            if not len(readers):
+                del self._room_readers[ns][room]
         conn.rooms.discard(room)
+        conn.views.unsubscribe(room)
 
     def get(self, namespace: str, sid: str) -> Connection | None:
         return self.connections.get(namespace, {}).get(sid)
@@ -90,29 +114,45 @@ class Hub:
         return {ns: len(conns) for ns, conns in self.connections.items()}
 
     def broadcast(self, event: Event, accepted_at: float) -> None:
-        """Queue ``event`` for its room, or the whole namespace when the room is empty."""
+        """Queue ``event`` for its room's members whose views match it, or, when no
+        member's scope matches (contract §3), for every connection of the
+        namespace whose scope and ``auth.filter`` match."""
         namespace, room = event["namespace"], event["room"]
-        members = self.rooms[namespace].get(room)
-        if members:
-            recipients = members.values()
-        else:
-            recipients = self.connections[namespace].values()
-            if recipients:
+        tags = tags_of(event)
+        out: list[Any] = []  # the encoded packet, made once on first need
+        in_room = False
+        readers = self._room_readers[namespace].get(room)
+        if readers is not None:
+            for conn in readers.readers(tags):
+                in_room = True  # a member may read it: no fallback, even if its filter says no
+                view = conn.views.rooms.get(room)
+                if view is None or view.matches(tags):
+                    self._deliver(conn, event, out)
+        if not in_room:
+            fallback = False
+            for conn in self._fallback[namespace].readers(tags):
+                fallback = True
+                self._deliver(conn, event, out)
+            if fallback:
                 self._metrics.fallbacks.labels(namespace).inc()
-        pkt = self._sender.encode(namespace, event["type"], event)
-        seq = event["seq"]
-        for conn in recipients:
-            if conn.replaying:
-                conn.pending.append(event)
-                if len(conn.pending) > self._max_pending:
-                    self._overflow(conn)
-            elif seq <= conn.last_seq:
-                continue  # already sent, or covered by its replay (an instance can lag its store)
-            elif self._sender.send(conn.eio_sid, pkt):
-                conn.last_seq = seq
-            else:
-                self._overflow(conn)
         self._metrics.observe_broadcast(time.perf_counter() - accepted_at)
+
+    def _deliver(self, conn: Connection, event: Event, out: list[Any]) -> None:
+        """Send (or hold, while it catches up) one event the checks let through."""
+        if conn.replaying:
+            conn.pending.append(event)
+            if len(conn.pending) > self._max_pending:
+                self._overflow(conn)
+            return
+        seq = event["seq"]
+        if seq <= conn.last_seq:
+            return  # already sent, or covered by its replay (an instance can lag its store)
+        if not out:
+            out.append(self._sender.encode(event["namespace"], event["type"], event))
+        if self._sender.send(conn.eio_sid, out[0]):
+            conn.last_seq = seq
+        else:
+            self._overflow(conn)
 
     def send(self, conn: Connection, name: str, payload: Any) -> None:
         """Queue one event for one connection."""
@@ -140,6 +180,7 @@ class Hub:
                     conn.namespace,
                     conn.principal.sub,
                 )
+                self._metrics.slow_consumers.labels(conn.namespace).inc()
                 await disconnect(conn)
                 # its Engine.IO writer may be stuck on the socket: free it too
                 self._sender.abort(conn.eio_sid)

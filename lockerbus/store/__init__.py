@@ -15,6 +15,7 @@ from .base import (
     EventStore,
     NamespaceStats,
     ReplayResult,
+    Retention,
     StoreOptions,
     StoreStats,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "EventStore",
     "NamespaceStats",
     "ReplayResult",
+    "Retention",
     "StoreOptions",
     "StoreStats",
     "open_store",

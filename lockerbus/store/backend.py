@@ -21,12 +21,13 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar, Generic, Literal, Self, TypeVar
+from typing import ClassVar, Generic, Literal, Self, TypeVar, cast
 
 from ..errors import StoreUnavailableError
 from ..events import Event
 from ..log import store_logger
-from .base import Appended, ReplayResult, StoreOptions
+from .base import Appended, EventStore, ReplayResult, StoreOptions
+from .state import StateTable, fold_history
 
 S = TypeVar("S")
 
@@ -53,8 +54,11 @@ class BaseEventStore(abc.ABC, Generic[S]):
         self, name: str, options: StoreOptions | None, clock: Callable[[], float] | None
     ) -> None:
         self._options = options = options or StoreOptions()
-        if options.max_events < 1:
-            raise ValueError("max_events must be at least 1")
+        for retention in (options.retention(""), *options.namespaces.values()):
+            if retention.max_events < 1:
+                raise ValueError("max_events must be at least 1")
+            if not retention.ttl_seconds > 0:
+                raise ValueError("ttl_seconds must be > 0")
         self._name = name
         self._clock = clock or time.time
         self._state: State = "new"
@@ -75,6 +79,21 @@ class BaseEventStore(abc.ABC, Generic[S]):
     @abc.abstractmethod
     async def _repair(self, suspects: list[S]) -> None:
         """Remove the records a read found failing their checks (and log and count them)."""
+
+    @abc.abstractmethod
+    async def _replace_state(self, table: StateTable, positions: dict[str, int]) -> bool:
+        """Make ``table`` the state if the namespaces are still at ``positions``."""
+
+    async def rebuild_state(self) -> int:
+        """Rebuild the state from the history held (an admin operation: after a
+        restore, or for a store written before the state existed); returns how
+        many entries it holds.  Appends may go on meanwhile: a rebuild they
+        overtake is folded again."""
+        for _attempt in range(self.repair_attempts):
+            table, positions = await fold_history(cast("EventStore", self))
+            if await self._replace_state(table, positions):
+                return sum(len(entries) for entries in table.entries.values())
+        raise StoreUnavailableError(f"{self._name}: appends kept overtaking the state rebuild")
 
     @abc.abstractmethod
     async def cleanup(self) -> int:
@@ -127,6 +146,10 @@ class BaseEventStore(abc.ABC, Generic[S]):
             raise StoreUnavailableError(f"{self._name} was closed while starting")
         self._state = "open"
         self._cleaner = asyncio.create_task(self._cleanup_forever(), name="lockerbus-cleanup")
+        await self._opened()
+
+    async def _opened(self) -> None:
+        """Once open: what a backend does before serving (nothing by default)."""
 
     async def close(self) -> None:
         """Stop the cleanup loop and release the backend. Idempotent."""

@@ -20,9 +20,20 @@ Guarantees
 * Eviction (TTL, capacity, corruption) removes the oldest events first within
   a namespace, except where a per-event TTL is shorter; any hole it leaves is
   detected, never hidden: a replay across it answers ``recovered=False``.
-  Capacity (``max_events``) counts every namespace together and evicts in
-  append order.  An expired event is never returned, whether or not cleanup
-  has removed it yet; it is counted under ``ttl`` once removed.
+  Retention holds per namespace (contract §11): capacity (``max_events``) and
+  the TTL apply to each namespace on its own, so no namespace's events push
+  another's out; :meth:`StoreOptions.retention` gives a namespace's limits.
+  An expired event is never returned, whether or not cleanup has removed it
+  yet; it is counted under ``ttl`` once removed.
+* State (contract §11): each locker's latest state and the open help requests
+  are kept beside the history (:mod:`lockerbus.store.state`), changed in the
+  same atomic step as the append of the event that changes them, never
+  expired or evicted with history, durable with a durable store.  ``append``
+  refuses (``ConflictError``, nothing stored, no seq consumed) a
+  ``help_requested`` whose id is open, and a ``help_status_updated`` whose
+  request is not open or whose ``old_status`` is not its status; of two
+  racing appends, exactly one passes.  :meth:`EventStore.read_state` reads one
+  kind with the namespace position (``last_seq``, ``epoch``) it reflects.
 * ``last_seq`` of a namespace outlives its events: after every event expired,
   the next append still continues the sequence.
 * ``epoch`` names the sequence space.  It changes when the store is new (a
@@ -52,9 +63,11 @@ above :mod:`lockerbus.events`.  The backends share their skeleton through
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final, Protocol, Self
+from types import MappingProxyType
+from typing import Any, Final, Literal, Protocol, Self
 
 from ..events import Event
 
@@ -62,12 +75,31 @@ EVICTION_REASONS: Final = ("ttl", "capacity", "corrupt")
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of one namespace's history a store holds: at most ``max_events``
+    events, each for at most ``ttl_seconds``."""
+
+    max_events: int
+    ttl_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class StoreOptions:
-    """What every backend is configured with (contract §1 settings)."""
+    """What every backend is configured with (contract §1 and §11 settings).
+
+    ``max_events`` and ``ttl_seconds`` hold for each namespace on its own;
+    ``namespaces`` overrides them for the namespaces it names.
+    """
 
     max_events: int = 10_000
     ttl_seconds: float = 24 * 3600
     cleanup_interval_seconds: float = 30 * 60
+    namespaces: Mapping[str, Retention] = field(default_factory=lambda: MappingProxyType({}))
+
+    def retention(self, namespace: str) -> Retention:
+        """The limits of ``namespace``: its override, else the defaults."""
+        found = self.namespaces.get(namespace)
+        return found if found is not None else Retention(self.max_events, self.ttl_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +138,7 @@ class StoreStats:
     backend: str
     epoch: str
     events: int
+    #: the default per-namespace capacity (``StoreOptions.max_events``)
     max_events: int
     namespaces: dict[str, NamespaceStats]
     evictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVICTION_REASONS, 0))
@@ -124,8 +157,22 @@ class DuplicateEvent(Exception):
 
 
 #: One item's outcome in ``append_many``: the stored event, or why it was not stored
-#: (DuplicateEvent, ValueError, TypeError, StoreUnavailableError).
+#: (DuplicateEvent, ConflictError, ValueError, TypeError, StoreUnavailableError).
 Appended = Event | Exception
+
+
+@dataclass(frozen=True, slots=True)
+class StateSnapshot:
+    """One kind of state (``lockers`` or ``help``) as of its namespace's ``last_seq``.
+
+    ``entries`` reflect exactly the events up to ``last_seq`` of that
+    namespace in ``epoch``: a client that loads them and then resumes from
+    ``last_seq`` misses nothing and gets nothing twice.
+    """
+
+    entries: list[dict[str, Any]]
+    last_seq: int
+    epoch: str
 
 
 class EventStore(Protocol):
@@ -145,7 +192,8 @@ class EventStore(Protocol):
         is the retention limit).  The argument is not mutated, and must not
         be mutated by others until this returns.  Raises ValueError for an
         event without namespace or timestamp, TypeError for one JSON cannot
-        carry, StoreUnavailableError when storage fails.
+        carry, ConflictError for a help event the state refuses (see above),
+        StoreUnavailableError when storage fails.
         """
 
     async def append_many(
@@ -195,6 +243,16 @@ class EventStore(Protocol):
 
     async def last_seq(self, namespace: str) -> int:
         """The latest seq assigned in ``namespace`` in this epoch (0 when none)."""
+
+    async def read_state(self, kind: Literal["lockers", "help"]) -> StateSnapshot:
+        """The lockers (by kioskId, lockerId) or the open help requests (by id), each
+        entry with the ``seq`` that last changed it, read atomically with the
+        position of ``/ws/lockers`` or ``/ws/help`` they reflect."""
+
+    async def rebuild_state(self) -> int:
+        """Rebuild the state from the history held, atomically with appends (an admin
+        operation, ``lockerbus state rebuild``: after a restore); returns how many
+        entries it holds.  What history no longer holds is lost from the state."""
 
     async def stats(self) -> StoreStats:
         """Counts, seq ranges and evictions by reason."""

@@ -1,7 +1,8 @@
-"""The default store: events in process memory, bounded by a cachetools TLRUCache.
+"""The default store: events in process memory, bounded by cachetools TTLCaches.
 
-The cache owns lifetime (the default TTL or a per-event one) and capacity
-(``max_events`` across all namespaces).  Its eviction order is least recently
+One cache per namespace owns lifetime (the namespace's TTL or a shorter
+per-event one) and capacity (the namespace's ``max_events``), so no
+namespace's events push another's out.  Its eviction order is least recently
 *used*, so this module never reads through it (no ``cache[key]``, ``get`` or
 ``values()``): with no reads, "least recently used" is "least recently
 appended", and capacity eviction removes the oldest events first.  Reads go
@@ -34,6 +35,7 @@ from .base import (
     DuplicateEvent,
     NamespaceStats,
     ReplayResult,
+    StateSnapshot,
     StoreOptions,
     StoreStats,
 )
@@ -49,6 +51,7 @@ from .codec import (
     new_epoch,
     since_seconds,
 )
+from .state import STATE_NAMESPACES, StateKind, StateTable, change_of
 
 
 class _Record:
@@ -247,11 +250,12 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
     ) -> None:
         super().__init__("the memory store", options, clock)
         self.epoch = new_epoch()
-        self._cache = self._new_cache()
+        self._caches: dict[str, _EventCache] = {}
         self._logs: dict[str, _Log] = {}
         #: event id -> its record while held (contract §12); dropped with the record
         self._ids: dict[str, _Record] = {}
         self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
+        self._table = StateTable()
 
     # -- lifecycle (the rest is BaseEventStore's) -------------------------------
 
@@ -260,11 +264,12 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
 
     async def _release(self) -> None:
         """Drop every event (they die with the process anyway)."""
-        # A fresh cache rather than clear(): clear() pops items one by one through
+        # Fresh caches rather than clear(): clear() pops items one by one through
         # the eviction hook, which would count them as capacity evictions.
-        self._cache = self._new_cache()
+        self._caches = {}
         self._logs.clear()
         self._ids.clear()
+        self._table = StateTable()
 
     async def check(self) -> None:
         """A memory store can serve whenever it is open."""
@@ -279,24 +284,32 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         at = event_time(event)
         event_id = str(event.get("id", ""))
         if event_id in self._ids:
-            self._raise_if_held(event_id)
+            self._raise_if_held(event_id)  # a repeated id is decided before the state
+        change = change_of(event)
+        if change is not None:
+            self._table.check(change)  # no await until it is applied: atomic
         log = self._logs.get(namespace)
         if log is None:
             log = self._logs[namespace] = _Log(namespace)
+            self._caches[namespace] = self._new_cache(namespace)
         seq = log.last_seq + 1
         stored = {**event, "seq": seq, "epoch": self.epoch}
         blob = encode(stored)
         record = _Record(log, seq, blob, checksum(blob), ttl_seconds, event_id)
         # May expire or evict older records first; this one is never the victim.
-        self._cache.add(record)
+        self._caches[namespace].add(record)
         log.push(record, at)
         if event_id:
             self._ids[event_id] = record
+        if change is not None:
+            self._table.apply(change, seq)
         return stored
 
     def _raise_if_held(self, event_id: str) -> None:
         """Raise DuplicateEvent when the record holding ``event_id`` is still good."""
-        self._cache.expire()  # an expired record must not answer for its id
+        held = self._ids.get(event_id)
+        if held is not None:  # an expired record must not answer for its id
+            self._expire(held.log.namespace)
         record = self._ids.get(event_id)
         if record is None:
             return
@@ -324,7 +337,7 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         since_at = since_seconds(since) if since is not None and after_seq is None else None
 
         async def read() -> ReplayResult | Damaged[_Suspect]:
-            self._cache.expire()
+            self._expire(namespace)
             log = self._log(namespace)
             plan, recovered = decide(
                 after_seq=after_seq,
@@ -356,7 +369,7 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         since_at = since_seconds(since) if since is not None else None
 
         async def read() -> ReplayResult | Damaged[_Suspect]:
-            self._cache.expire()
+            self._expire(namespace)
             log = self._log(namespace)
             records, has_more = log.oldest(after_seq, limit, since_at)
             events = self._decode(records)
@@ -375,10 +388,25 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         log = self._logs.get(namespace)
         return log.last_seq if log else 0
 
+    async def read_state(self, kind: StateKind) -> StateSnapshot:
+        """The lockers or open help requests, with the position they reflect."""
+        self._require_open()
+        log = self._logs.get(STATE_NAMESPACES[kind])
+        return StateSnapshot(self._table.listed(kind), log.last_seq if log else 0, self.epoch)
+
+    async def _replace_state(self, table: StateTable, positions: dict[str, int]) -> bool:
+        for kind, namespace in STATE_NAMESPACES.items():
+            log = self._logs.get(namespace)
+            if (log.last_seq if log else 0) != positions[kind]:
+                return False
+        self._table = table
+        return True
+
     async def stats(self) -> StoreStats:
         """Counts per namespace, seq ranges and evictions by reason."""
         self._require_open()
-        self._cache.expire()
+        for cache in self._caches.values():
+            cache.expire()
         namespaces = {}
         for name, log in self._logs.items():
             oldest, newest = log.seq_range()
@@ -395,7 +423,7 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
     async def cleanup(self) -> int:
         """Drop expired events and verify every checksum; returns how many were removed."""
         self._require_open()
-        removed = len(self._cache.expire())
+        removed = sum(len(cache.expire()) for cache in list(self._caches.values()))
         for log in list(self._logs.values()):
             bad = [r for r in log.held_records() if checksum(r.blob) != r.crc]
             await self._repair([(record, "checksum mismatch") for record in bad])
@@ -404,9 +432,14 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
 
     # -- internals ----------------------------------------------------------
 
-    def _new_cache(self) -> _EventCache:
-        options = self._options
-        return _EventCache(options.max_events, self._clock, options.ttl_seconds, self._evicted)
+    def _new_cache(self, namespace: str) -> _EventCache:
+        retention = self._options.retention(namespace)
+        return _EventCache(retention.max_events, self._clock, retention.ttl_seconds, self._evicted)
+
+    def _expire(self, namespace: str) -> None:
+        cache = self._caches.get(namespace)
+        if cache is not None:
+            cache.expire()
 
     def _log(self, namespace: str) -> _Log:
         return self._logs.get(namespace) or _Log(namespace)
@@ -453,8 +486,10 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         for record, why in suspects:
             self._forget_id(record)
             # Not through cache.pop(): that reads the entry and would reorder the LRU.
+            cache = self._caches.get(record.log.namespace)
             with contextlib.suppress(KeyError):
-                del self._cache[record]
+                if cache is not None:
+                    del cache[record]
             if record.log.remove(record):
                 self._evictions["corrupt"] += 1
                 log_corrupt(record.log.namespace, record.seq, why)

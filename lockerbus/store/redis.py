@@ -23,6 +23,7 @@ contract and holds the reads.
 from __future__ import annotations
 
 import functools
+import json
 import zlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -30,6 +31,7 @@ from typing import Any, Final
 
 from ..errors import StoreUnavailableError
 from ..events import Event
+from ..log import store_logger
 from ..recovery import decide
 from ..redisconn import (
     COMMAND_TIMEOUT_SECONDS,
@@ -44,6 +46,7 @@ from .base import (
     Appended,
     NamespaceStats,
     ReplayResult,
+    StateSnapshot,
     StoreOptions,
     StoreStats,
 )
@@ -52,6 +55,7 @@ from .codec import (
     check_limit,
     decode_many,
     decode_one,
+    encode,
     event_time,
     log_corrupt,
     new_epoch,
@@ -59,6 +63,7 @@ from .codec import (
 )
 from .redis_link import MAX_CONNECTIONS, RedisLink
 from .redis_writer import RedisWriter
+from .state import STATE_NAMESPACES, StateKind, StateTable, sort_entries
 
 # Kept importable from here for callers written before lockerbus.redisconn.
 __all__ = [
@@ -176,6 +181,18 @@ class RedisEventStore(BaseEventStore[Suspect]):
             self._link, self._options, self._clock, lambda: self.epoch, self._learn
         )
 
+    async def _opened(self) -> None:
+        """A Redis store written before the state existed gets it from its history, once."""
+        link = self._link
+        try:
+            if await link.call(link.client.exists(f"{self._prefix}:state:built")):
+                return
+            entries = await self.rebuild_state()
+        except StoreUnavailableError as exc:
+            store_logger.warning("%s: state not built from history yet: %s", link.name, exc.message)
+            return
+        store_logger.info("%s: state built from the history held (%d entries)", link.name, entries)
+
     async def _release(self) -> None:
         """Stop the append queue (failing what is still queued), close the connections."""
         writer, self._writer = self._writer, None
@@ -198,7 +215,7 @@ class RedisEventStore(BaseEventStore[Suspect]):
         namespace = check_append(event, ttl_seconds)
         at = event_time(event)
         self._require_open()
-        ttl = self._options.ttl_seconds
+        ttl = self._options.retention(namespace).ttl_seconds
         if ttl_seconds is not None:
             ttl = min(ttl, ttl_seconds)
         if self._writer is None:
@@ -212,13 +229,14 @@ class RedisEventStore(BaseEventStore[Suspect]):
         self._require_open()
         if self._writer is None:
             raise StoreUnavailableError(f"{self._name} is closed")
-        ttl = self._options.ttl_seconds
-        if ttl_seconds is not None:
-            ttl = min(ttl, ttl_seconds)
         items: list[tuple[Event, str, float, float] | Exception] = []
         for event in events:
             try:
-                items.append((event, check_append(event, ttl_seconds), event_time(event), ttl))
+                namespace = check_append(event, ttl_seconds)
+                ttl = self._options.retention(namespace).ttl_seconds  # per namespace (§11)
+                if ttl_seconds is not None:
+                    ttl = min(ttl, ttl_seconds)
+                items.append((event, namespace, event_time(event), ttl))
             except ValueError as exc:
                 items.append(exc)
         return await self._writer.append_many(items)
@@ -322,6 +340,29 @@ class RedisEventStore(BaseEventStore[Suspect]):
         )
         self._learn(current)
         return int(last)
+
+    async def read_state(self, kind: StateKind) -> StateSnapshot:
+        """The lockers or open help requests, with the position they reflect (one script)."""
+        current, last, entries, updates = await self._run(
+            "STATE", new_epoch(), kind, STATE_NAMESPACES[kind]
+        )
+        epoch = self._learn(current)
+        changed = {updates[i]: json.loads(updates[i + 1]) for i in range(0, len(updates), 2)}
+        listed = [
+            {**json.loads(entries[i + 1]), **changed.get(entries[i], {})}
+            for i in range(0, len(entries), 2)
+        ]
+        return StateSnapshot(sort_entries(kind, listed), int(last), epoch)
+
+    async def _replace_state(self, table: StateTable, positions: dict[str, int]) -> bool:
+        lockers = table.entries["lockers"]
+        args: list[Any] = [new_epoch(), self.epoch, positions["lockers"], positions["help"]]
+        args.append(len(lockers))
+        for key, entry in lockers.items():
+            args += [key, encode(entry)]
+        for key, entry in table.entries["help"].items():
+            args += [key, encode(entry), str(entry.get("status", ""))]
+        return bool(await self._run("REPLACE_STATE", *args))
 
     async def stats(self) -> StoreStats:
         """Counts of unexpired events per namespace, seq ranges, evictions by reason."""

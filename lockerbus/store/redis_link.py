@@ -24,7 +24,18 @@ from ..redisconn import channel_for, connect, split_url, where
 from . import redis_lua
 
 MAX_CONNECTIONS: Final = 16
-SCRIPTS: Final = ("APPEND", "FACTS", "NEWEST", "OLDEST", "EXPIRE", "STATS", "REMOVE", "EPOCH")
+SCRIPTS: Final = (
+    "APPEND",
+    "FACTS",
+    "NEWEST",
+    "OLDEST",
+    "EXPIRE",
+    "STATS",
+    "REMOVE",
+    "EPOCH",
+    "STATE",
+    "REPLACE_STATE",
+)
 
 
 class RedisLink:

@@ -7,12 +7,21 @@ Keys, all under one prefix ``P`` (``ARGV[1]`` of every script):
 * ``P:log:<ns>``  sorted set: score seq, member ``<seq>:<crc32 hex>:<body>``
 * ``P:ts:<ns>``   sorted set: score event timestamp, member seq (for ``since``)
 * ``P:exp``       sorted set: score expiry time, member ``<ns>\\n<seq>``
-* ``P:order``     sorted set: score global append counter, member ``<ns>\\n<seq>``
+* ``P:order``     sorted set: score global append counter, member ``<ns>\\n<seq>`` (the count)
 * ``P:gseq``      the global append counter (capacity evicts in append order)
 * ``P:stats``     hash: evictions by reason
 * ``P:id:<id>``   string ``<epoch>\\n<ns>\\n<seq>``: where the event with that id is
   (contract §12), expiring with the event; an entry whose event is gone
   (evicted, corrupt, another epoch) is ignored and overwritten
+* ``P:state:lockers``     hash: ``kioskId\\nlockerId`` -> the locker's entry (JSON, with seq)
+* ``P:state:help``        hash: open help id -> its request as opened (JSON, with seq)
+* ``P:state:help:status`` hash: open help id -> its current status
+* ``P:state:help:upd``    hash: open help id -> its last update (JSON, with seq), if any
+
+``P:state:built`` says the state is complete (set for a new sequence space, and
+by a rebuild); a store from before the state has history but not this key.
+The ``state`` keys (contract §11) are never expired or evicted: only the
+APPEND script's state section (below) writes them, in the step that appends.
 
 ``body`` is the event's compact JSON without ``seq``; the stored and published
 event is ``{"seq":<seq>,`` + body without its ``{``, so the seq is assigned and
@@ -40,6 +49,9 @@ local function ensure_epoch(candidate)
     redis.call('DEL', P .. ':log:' .. ns, P .. ':ts:' .. ns)
   end
   redis.call('DEL', P .. ':seq', P .. ':exp', P .. ':order')
+  redis.call('DEL', P .. ':state:lockers', P .. ':state:help', P .. ':state:help:status',
+    P .. ':state:help:upd')
+  redis.call('SET', P .. ':state:built', '1')
   redis.call('SET', P .. ':epoch', candidate)
   return candidate
 end
@@ -99,9 +111,11 @@ local function take(list, n)
 end
 """
 
-# ARGV: P, ns, body, crc, ts, expires, now, max_events, expected epoch, candidate epoch, channel,
-#       event id ('' for none), ttl in ms
-# -> {seq, epoch}; {0, epoch}: the epoch changed; {-1, epoch, member}: the id is held (§12)
+# ARGV: P, ns, body, crc, ts, expires, now, the namespace's max_events, expected epoch,
+#       candidate epoch, channel, event id ('' for none), ttl in ms, state kind ('' none),
+#       state key, state record (JSON without seq), help status, expected help status
+# -> {seq, epoch}; {0, epoch}: the epoch changed; {-1, epoch, member}: the id is held (§12);
+#    {-2, epoch, current status}: the state refused it (§11).  The id is decided first.
 APPEND: Final = (
     _COMMON
     + r"""
@@ -122,17 +136,50 @@ if ARGV[12] ~= '' then
   end
 end
 -- <<< event ids
+-- >>> state (contract §11), part 1: the help consistency check, before anything is written
+local state_kind, state_key = ARGV[14], ARGV[15]
+local help_status = P .. ':state:help:status'
+if state_kind == 'help_new' then
+  local current = redis.call('HGET', help_status, state_key)
+  if current then return {-2, epoch, current} end
+elseif state_kind == 'help_update' then
+  local current = redis.call('HGET', help_status, state_key)
+  if not current then return {-2, epoch, ''} end
+  if current ~= ARGV[18] then return {-2, epoch, current} end
+end
+-- <<< state
 local seq = string.format('%d', redis.call('HINCRBY', P .. ':seq', ns, 1))
+-- >>> state, part 2: the entry the event leaves, numbered with its seq
+if state_kind ~= '' then
+  local entry = '{"seq":' .. seq .. ',' .. string.sub(ARGV[16], 2)
+  if state_kind == 'locker' then
+    redis.call('HSET', P .. ':state:lockers', state_key, entry)
+  elseif ARGV[17] == 'resolved' then
+    redis.call('HDEL', P .. ':state:help', state_key)
+    redis.call('HDEL', help_status, state_key)
+    redis.call('HDEL', P .. ':state:help:upd', state_key)
+  elseif state_kind == 'help_new' then
+    redis.call('HSET', P .. ':state:help', state_key, entry)
+    redis.call('HSET', help_status, state_key, ARGV[17])
+    redis.call('HDEL', P .. ':state:help:upd', state_key)
+  else
+    redis.call('HSET', help_status, state_key, ARGV[17])
+    redis.call('HSET', P .. ':state:help:upd', state_key, entry)
+  end
+end
 local key = ns .. '\n' .. seq
 redis.call('ZADD', P .. ':log:' .. ns, seq, seq .. ':' .. ARGV[4] .. ':' .. ARGV[3])
 redis.call('ZADD', P .. ':ts:' .. ns, ARGV[5], seq)
 redis.call('ZADD', P .. ':exp', ARGV[6], key)
 redis.call('ZADD', P .. ':order', redis.call('INCR', P .. ':gseq'), key)
-local excess = redis.call('ZCARD', P .. ':order') - tonumber(ARGV[8])
+-- capacity is the namespace's own (contract §11): its oldest go, no other's
+local excess = redis.call('ZCARD', P .. ':log:' .. ns) - tonumber(ARGV[8])
 if excess > 0 then
-  local victims = redis.call('ZRANGE', P .. ':order', 0, excess - 1)
-  for _, victim in ipairs(victims) do drop(victim) end
-  redis.call('HINCRBY', P .. ':stats', 'capacity', #victims)
+  local victims = redis.call('ZRANGE', P .. ':log:' .. ns, 0, excess - 1, 'WITHSCORES')
+  for i = 2, #victims, 2 do
+    drop(ns .. '\n' .. string.format('%d', tonumber(victims[i])))
+  end
+  redis.call('HINCRBY', P .. ':stats', 'capacity', #victims / 2)
 end
 -- >>> event ids (contract §12)
 if ARGV[12] ~= '' then
@@ -272,5 +319,46 @@ EPOCH: Final = (
     + r"""
 redis.call('INCR', P .. ':probe')
 return ensure_epoch(ARGV[2])
+"""
+)
+
+# ARGV: P, candidate epoch, kind ('lockers' or 'help'), its namespace
+# -> {epoch, last_seq, {key, entry, ...}, {key, update, ...}}: the state and the position
+STATE: Final = (
+    _COMMON
+    + r"""
+local epoch = ensure_epoch(ARGV[2])
+local last = last_seq(ARGV[4])
+if ARGV[3] == 'lockers' then
+  return {epoch, last, redis.call('HGETALL', P .. ':state:lockers'), {}}
+end
+return {epoch, last, redis.call('HGETALL', P .. ':state:help'),
+  redis.call('HGETALL', P .. ':state:help:upd')}
+"""
+)
+
+# ARGV: P, candidate epoch, expected epoch, lockers last_seq, help last_seq, how many lockers,
+#       then key, entry per locker, then key, entry, status per open help request
+# -> 1 when replaced, 0 when the epoch or a position moved meanwhile (fold again)
+REPLACE_STATE: Final = (
+    _COMMON
+    + r"""
+local epoch = ensure_epoch(ARGV[2])
+if epoch ~= ARGV[3] then return 0 end
+if last_seq('/ws/lockers') ~= tonumber(ARGV[4]) or last_seq('/ws/help') ~= tonumber(ARGV[5]) then
+  return 0
+end
+redis.call('DEL', P .. ':state:lockers', P .. ':state:help', P .. ':state:help:status',
+  P .. ':state:help:upd')
+local lockers = tonumber(ARGV[6])
+for i = 7, 6 + 2 * lockers, 2 do
+  redis.call('HSET', P .. ':state:lockers', ARGV[i], ARGV[i + 1])
+end
+for i = 7 + 2 * lockers, #ARGV, 3 do
+  redis.call('HSET', P .. ':state:help', ARGV[i], ARGV[i + 1])
+  redis.call('HSET', P .. ':state:help:status', ARGV[i], ARGV[i + 2])
+end
+redis.call('SET', P .. ':state:built', '1')
+return 1
 """
 )

@@ -22,6 +22,7 @@ from ..events import Event
 from .base import Appended, DuplicateEvent, StoreOptions
 from .codec import encode, new_epoch
 from .redis_link import RedisLink
+from .state import StateChange, change_of, refusal
 
 _MAX_BATCH: Final = 256
 _EPOCH_ROUNDS: Final = 3
@@ -36,6 +37,16 @@ class _Append:
     epoch: str
     body: bytes
     future: asyncio.Future[Event]
+    change: StateChange | None
+    state_args: list[str | bytes]
+
+
+def state_args(change: StateChange | None) -> list[str | bytes]:
+    """The APPEND script's state arguments (contract §11): kind, key, record, status,
+    expected status; all empty for an event that changes no state."""
+    if change is None:
+        return ["", "", "", "", ""]
+    return [change.kind, change.key, encode(change.record), change.status, change.expected]
 
 
 def body(event: Event, epoch: str) -> bytes:
@@ -83,7 +94,7 @@ class RedisWriter:
                 continue
             try:
                 outcomes.append(self._job(*item))
-            except TypeError as exc:
+            except (TypeError, ValueError, KeyError) as exc:  # this item only
                 outcomes.append(exc)
         jobs = [job for job in outcomes if isinstance(job, _Append)]
         if jobs:
@@ -102,8 +113,11 @@ class RedisWriter:
     def _job(self, event: Event, namespace: str, at: float, ttl: float) -> _Append:
         epoch = self._epoch()
         encoded = body(event, epoch)
+        change = change_of(event)
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        return _Append(event, namespace, at, ttl, epoch, encoded, future)
+        return _Append(
+            event, namespace, at, ttl, epoch, encoded, future, change, state_args(change)
+        )
 
     async def stop(self) -> None:
         """Stop sending; appends still queued fail as unavailable."""
@@ -158,12 +172,13 @@ class RedisWriter:
                         repr(job.at),
                         repr(now + job.ttl),
                         repr(now),
-                        self._options.max_events,
+                        self._options.retention(job.namespace).max_events,
                         job.epoch,
                         new_epoch(),
                         link.channel,
                         str(job.event.get("id", "")),
                         int(job.ttl * 1000) + 1,
+                        *job.state_args,
                     ],
                     client=pipe,
                 )
@@ -177,8 +192,13 @@ class RedisWriter:
                 continue
             seq, current_epoch = result[0], result[1]
             self._learn(current_epoch)
-            if seq == -1:
+            if seq == -1:  # the id is held (§12): decided before the state
                 job.future.set_exception(_duplicate(result[2], job))
+            elif seq == -2 and job.change is not None:  # the state refused it: no seq spent
+                status = result[2].decode() if len(result) > 2 and result[2] else None
+                job.future.set_exception(
+                    refusal(job.change, status) or StoreUnavailableError("refused")
+                )
             elif seq:
                 job.future.set_result({**job.event, "seq": int(seq), "epoch": job.epoch})
             else:

@@ -21,7 +21,7 @@ from datetime import datetime
 from ..errors import StoreUnavailableError
 from ..events import Event
 from .backend import BaseEventStore, Damaged
-from .base import Appended, ReplayResult, StoreOptions, StoreStats
+from .base import Appended, ReplayResult, StateSnapshot, StoreOptions, StoreStats
 from .codec import check_append, check_limit, event_time, since_seconds
 from .sqlite_reads import (
     Read,
@@ -33,7 +33,10 @@ from .sqlite_reads import (
     scan_corrupt,
 )
 from .sqlite_schema import SCHEMA_VERSION, last_seq
+from .sqlite_state import read_state
+from .sqlite_state import replace as replace_state
 from .sqlite_writer import Append, SqliteWriter
+from .state import StateKind, StateTable
 
 __all__ = ["SCHEMA_VERSION", "SqliteEventStore"]
 
@@ -173,6 +176,15 @@ class SqliteEventStore(BaseEventStore[Suspect]):
     async def last_seq(self, namespace: str) -> int:
         """The latest seq assigned in ``namespace`` (0 when none)."""
         return await self._open_readers().run(lambda conn: last_seq(conn, namespace))
+
+    async def read_state(self, kind: StateKind) -> StateSnapshot:
+        """The lockers or open help requests, with the position they reflect."""
+        epoch = self.epoch
+        return await self._open_readers().run(lambda conn: read_state(conn, kind, epoch))
+
+    async def _replace_state(self, table: StateTable, positions: dict[str, int]) -> bool:
+        writer = self._open_writer()
+        return await writer.call(functools.partial(replace_state, table=table, positions=positions))
 
     async def stats(self) -> StoreStats:
         """Counts of unexpired events per namespace, seq ranges, evictions by reason."""

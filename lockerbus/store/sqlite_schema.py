@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS event_ids (
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO counters (name, value)
     VALUES ('events', 0), ('ttl', 0), ('capacity', 0), ('corrupt', 0);
+-- per-namespace retention (contract §11): 'held:<namespace>' counts its rows, and a
+-- file written before these counters existed gets them from its rows, once
+INSERT OR IGNORE INTO counters (name, value)
+    SELECT 'held:' || namespace, count(*) FROM events GROUP BY namespace;
 """
 
 INSERT_EVENT: Final = (
@@ -121,6 +125,17 @@ def bump(conn: sqlite3.Connection, name: str, delta: int) -> None:
         conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (delta, name))
 
 
+def held(conn: sqlite3.Connection, namespace: str, delta: int) -> None:
+    """Count ``delta`` rows more (or fewer) held, in all and in ``namespace``."""
+    if delta:
+        bump(conn, "events", delta)
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            ("held:" + namespace, delta),
+        )
+
+
 def last_seq(conn: sqlite3.Connection, namespace: str) -> int:
     """The latest seq assigned in ``namespace`` (0 when none)."""
     row = conn.execute(LAST_SEQ, (namespace,)).fetchone()
@@ -151,19 +166,30 @@ def create_or_open(conn: sqlite3.Connection, path: str) -> str:
     return epoch
 
 
-def evict_capacity(conn: sqlite3.Connection, max_events: int) -> int:
-    """Inside a transaction: delete the oldest rows over ``max_events``; returns how many."""
-    total = conn.execute("SELECT value FROM counters WHERE name = 'events'").fetchone()[0]
-    excess = total - max_events
+def evict_capacity(conn: sqlite3.Connection, namespace: str, max_events: int) -> int:
+    """Inside a transaction: delete ``namespace``'s oldest rows over ``max_events``
+    (its own capacity, contract §11); returns how many."""
+    row = conn.execute("SELECT value FROM counters WHERE name = ?", ("held:" + namespace,))
+    found = row.fetchone()
+    excess = (found[0] if found else 0) - max_events
     if excess <= 0:
         return 0
-    removed = conn.execute(
-        "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
-        (excess,),
-    ).rowcount
-    bump(conn, "events", -removed)
+    removed = int(
+        conn.execute(
+            "DELETE FROM events WHERE namespace = ? AND seq IN "
+            "(SELECT seq FROM events WHERE namespace = ? ORDER BY seq LIMIT ?)",
+            (namespace, namespace, excess),
+        ).rowcount
+    )
+    held(conn, namespace, -removed)
     bump(conn, "capacity", removed)
-    return int(removed)
+    return removed
+
+
+def held_namespaces(conn: sqlite3.Connection) -> list[str]:
+    """Every namespace that has held rows."""
+    rows = conn.execute("SELECT substr(name, 6) FROM counters WHERE name LIKE 'held:%'")
+    return [str(name) for (name,) in rows]
 
 
 def fault(crc: int, body: bytes, seq: int, namespace: str) -> str | None:

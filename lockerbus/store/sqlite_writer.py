@@ -20,6 +20,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -41,10 +42,15 @@ from .sqlite_schema import (
     create_or_open,
     evict_capacity,
     fault,
+    held,
+    held_namespaces,
     rollback,
     transaction,
     unavailable,
 )
+from .sqlite_state import Row, check_and_apply, locker_row, upsert
+from .sqlite_state import create as create_state
+from .state import change_of
 
 T = TypeVar("T")
 
@@ -215,6 +221,7 @@ class SqliteWriter:
     def open(self, conn: sqlite3.Connection) -> str:
         """Create or open the file; returns its epoch."""
         epoch = create_or_open(conn, self.path)
+        create_state(conn)
         st = os.stat(self.path)
         self.identity = (st.st_dev, st.st_ino)
         self.epoch = epoch
@@ -229,8 +236,8 @@ class SqliteWriter:
                 raise StoreUnavailableError(f"sqlite store {self.path} is not open")
             self.check_file()
             with transaction(conn):
-                self._number(conn, jobs, results)
-                evict_capacity(conn, self.options.max_events)
+                for namespace in self._number(conn, jobs, results):
+                    evict_capacity(conn, namespace, self.options.retention(namespace).max_events)
             # A commit into a file unlinked meanwhile reached nobody: report it as failed.
             self.check_file()
         except Exception as exc:
@@ -246,20 +253,22 @@ class SqliteWriter:
 
     def _number(
         self, conn: sqlite3.Connection, jobs: list[Append], results: list[_Outcome | None]
-    ) -> None:
+    ) -> list[str]:
         """Inside the transaction: give each job its seq and insert it; fills ``results``
-        (an event JSON cannot carry fails alone, without taking a seq)."""
+        (an event JSON cannot carry fails alone, without taking a seq); returns the
+        namespaces written."""
         now = self.clock()
-        default_ttl = self.options.ttl_seconds
         last: dict[str, int] = {}
+        state_rows: list[Row] = []  # locker state rows of this batch, written together
         rows = []
         ids: dict[str, Event] = {}  # ids written earlier in this transaction
         id_rows = []
         for i, job in enumerate(jobs):
             event_id = str(job.event.get("id", ""))
-            held = ids.get(event_id) or self._held(conn, event_id, now)
-            if held is not None:
-                results[i] = (job.future, None, DuplicateEvent(held))
+            # a repeated id (§12) is decided before the state
+            earlier = ids.get(event_id) or self._held(conn, event_id, now)
+            if earlier is not None:
+                results[i] = (job.future, None, DuplicateEvent(earlier))
                 continue
             namespace = job.event["namespace"]
             seq = last.get(namespace)
@@ -273,7 +282,19 @@ class SqliteWriter:
                 results[i] = (job.future, None, exc)
                 last[namespace] = seq
                 continue
+            # the state (contract §11), in this same transaction; a refusal takes no seq
+            change = change_of(job.event)
+            refused = None
+            if change is not None and change.kind == "locker":
+                state_rows.append(locker_row(change, seq + 1))
+            elif change is not None:
+                refused = check_and_apply(conn, change, seq + 1)
+            if refused is not None:
+                results[i] = (job.future, None, refused)
+                last[namespace] = seq
+                continue
             last[namespace] = seq + 1
+            default_ttl = self.options.retention(namespace).ttl_seconds
             ttl = default_ttl if job.ttl is None else min(job.ttl, default_ttl)
             rows.append((namespace, seq + 1, job.at, now + ttl, checksum(blob), blob))
             results[i] = (job.future, stored, None)
@@ -283,7 +304,10 @@ class SqliteWriter:
         conn.executemany(INSERT_EVENT, rows)
         conn.executemany(INSERT_ID, id_rows)
         conn.executemany(UPSERT_LAST, last.items())
-        bump(conn, "events", len(rows))
+        upsert(conn, state_rows)
+        for namespace, count in Counter(row[0] for row in rows).items():
+            held(conn, namespace, count)
+        return list(last)
 
     def _held(self, conn: sqlite3.Connection, event_id: str, now: float) -> Event | None:
         """The stored event under ``event_id``, if one is held and sound (contract §12)."""
@@ -301,13 +325,21 @@ class SqliteWriter:
         """Delete expired rows and any over capacity; returns how many."""
         self.check_file()
         with transaction(conn):
-            expired = conn.execute(
-                "DELETE FROM events WHERE expires <= ?", (self.clock(),)
-            ).rowcount
-            bump(conn, "events", -expired)
-            bump(conn, "ttl", expired)
-            conn.execute(PRUNE_IDS)
-            return int(expired) + evict_capacity(conn, self.options.max_events)
+            expired = Counter(
+                namespace
+                for (namespace,) in conn.execute(
+                    "DELETE FROM events WHERE expires <= ? RETURNING namespace", (self.clock(),)
+                ).fetchall()
+            )
+            for namespace, count in expired.items():
+                held(conn, namespace, -count)
+            bump(conn, "ttl", expired.total())
+            evicted = sum(
+                evict_capacity(conn, namespace, self.options.retention(namespace).max_events)
+                for namespace in held_namespaces(conn)
+            )
+            conn.execute(PRUNE_IDS)  # ids whose event is gone, expired or evicted
+            return expired.total() + evicted
 
     def remove_corrupt(self, conn: sqlite3.Connection, suspects: list[tuple[str, int]]) -> int:
         """Delete the suspects that still fail their checks; returns how many."""
@@ -322,8 +354,8 @@ class SqliteWriter:
                 if why is None:
                     continue
                 conn.execute("DELETE FROM events WHERE namespace = ? AND seq = ?", (namespace, seq))
+                held(conn, namespace, -1)
                 gone.append((namespace, seq, why))
-            bump(conn, "events", -len(gone))
             bump(conn, "corrupt", len(gone))
         for namespace, seq, why in gone:
             log_corrupt(namespace, seq, why)

@@ -16,6 +16,7 @@ import pytest
 
 from lockerbus.config import load_settings
 from lockerbus.errors import ConfigError
+from tests.metrics_support import samples, scrape
 from tests.processes import stored_events
 from tests.reliability.clients import LOCKERS, Tracker
 from tests.reliability.conftest import HEAVY, record
@@ -68,6 +69,9 @@ async def test_a_client_that_stops_reading_is_dropped_and_others_keep_up(
                 acked_at[(await resp.json())["seq"]] = time.perf_counter()
         await fast.wait_until(EVENTS, timeout=30)
         assert await lockers_connections(http, server) == 1  # the slow one was dropped
+        found = samples(await scrape(http, server.url))
+        dropped = found[("lockerbus_slow_consumer_disconnects_total", (("namespace", LOCKERS),))]
+        assert dropped == 1
     rss_growth = (server.status("VmRSS") - rss_before) * 1024
     # what one stuck connection may hold: the writer's batch and the queue, each at
     # most max_send_queue packets; the rest is the process's own working set
