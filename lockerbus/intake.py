@@ -87,12 +87,13 @@ class InflightGate:
 def duplicate_answer(event: Event, stored: Event, principal: Principal) -> Published:
     """The answer to a publish whose id is held: the stored event when it is the same
     event from within the same scope, else ConflictError (contract §12)."""
+    # scope first: nothing about an event outside the caller's scope is told (§10)
+    if not principal.reads(stored):
+        raise ConflictError(f"event {event['id']} is stored already for another scope")
     if stored.get("type") != event["type"] or _canonical(stored.get("data")) != _canonical(
         event["data"]
     ):
         raise ConflictError(f"event {event['id']} is stored already with other content")
-    if not principal.may_publish(stored):
-        raise ConflictError(f"event {event['id']} is stored already for another scope")
     return Published(stored, duplicate=True)
 
 

@@ -263,3 +263,69 @@ async def test_no_text_in_a_publish_is_a_store_failure(field: str, text: str) ->
         if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
             assert error.code == "validation_error", error.message
             assert error.fields
+
+
+def _help_requested(n: int) -> dict[str, Any]:
+    data = {
+        "id": n,
+        "kiosk_id": "kiosk-1",
+        "category": "other",
+        "status": "open",
+        "created_at": "2026-11-26T19:00:00Z",
+        "priority": "high",
+    }
+    return {"type": "help_requested", "data": data}
+
+
+@pytest.mark.parametrize(
+    "backend", ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.needs_redis)]
+)
+async def test_a_resent_help_request_is_a_duplicate_not_a_state_conflict(
+    server_factory, http, tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """§12 before §11: the same id again is the stored event; a new id is the conflict."""
+    store = "memory"
+    if backend == "sqlite":
+        store = f"sqlite:///{tmp_path / 'events.db'}"
+    elif backend == "redis":
+        request.getfixturevalue("redis_shared")
+        from tests.redis_support import shared_url
+
+        store = f"{shared_url()}?prefix=help-{tmp_path.name}"
+    server = await server_factory(store=store)
+    payload = with_id(_help_requested(5))
+    status, stored = await server.post_event(http, payload)
+    assert status == 201
+    status, again = await server.post_event(http, payload)
+    assert status == 200 and again == {"event": stored, "duplicate": True}
+    gateway = await connect(server, "/ws/help", role="gateway", auth={"replay": False})
+    ack = await gateway.call("publish", payload, "/ws/help")
+    assert ack == {"ok": True, "event": stored, "duplicate": True}
+    fresh = with_id(_help_requested(5))  # the open request again under a new id
+    status, body = await post_batch(server, http, {"events": [payload, fresh, locker_event(0)]})
+    assert status == 200
+    results = body["results"]
+    assert results[0] == {"ok": True, "event": stored, "duplicate": True}
+    assert results[1]["ok"] is False and results[1]["error"]["code"] == "conflict"
+    assert results[2]["ok"] is True, "a refused item fails alone"
+    async with http.get(f"{server.url}/api/help", headers=server.headers("panel")) as resp:
+        open_requests = (await resp.json())["help_requests"]
+    assert [(r["id"], r["seq"]) for r in open_requests] == [(5, stored["seq"])]
+
+
+async def test_a_duplicate_outside_the_callers_scope_tells_nothing_of_it(server, http) -> None:
+    """A held id whose event lies outside the caller's scope is conflict, singly and in a
+    batch, whatever the content; inside the scope the same resend is the duplicate."""
+    held = with_id(locker_event(0, "kiosk-1"))
+    status, stored = await server.post_event(http, held)
+    assert status == 201
+    # kiosk-2, its own content under kiosk-1's event id
+    mine = with_id(locker_event(3, "kiosk-2"), held["id"])
+    status, body = await post_batch(server, http, {"events": [mine]}, role="kiosk", sub="kiosk-2")
+    [result] = body["results"]
+    assert result["ok"] is False and result["error"]["code"] == "conflict"
+    assert "content" not in result["error"]["message"]
+    assert "kiosk-1" not in str(result)
+    status, body = await post_batch(server, http, {"events": [held]}, role="kiosk", sub="kiosk-1")
+    assert body["results"] == [{"ok": True, "event": stored, "duplicate": True}]
+    assert [e["seq"] for e in await history(server, http)] == [1]
