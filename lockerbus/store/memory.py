@@ -307,9 +307,7 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
 
     def _raise_if_held(self, event_id: str) -> None:
         """Raise DuplicateEvent when the record holding ``event_id`` is still good."""
-        held = self._ids.get(event_id)
-        if held is not None:  # an expired record must not answer for its id
-            self._expire(held.log.namespace)
+        self._expire(self._ids[event_id].log.namespace)  # an expired id must not answer
         record = self._ids.get(event_id)
         if record is None:
             return

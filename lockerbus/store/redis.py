@@ -150,6 +150,51 @@ def _stats(
     )
 
 
+def _item(
+    options: StoreOptions, event: Event, ttl_seconds: float | None
+) -> tuple[Event, str, float, float]:
+    """``(event, namespace, at, ttl)`` for the writer; the TTL is the namespace's (§11)."""
+    namespace = check_append(event, ttl_seconds)
+    ttl = options.retention(namespace).ttl_seconds
+    if ttl_seconds is not None:
+        ttl = min(ttl, ttl_seconds)
+    return event, namespace, event_time(event), ttl
+
+
+async def _scan(link: RedisLink, key: str, after: int) -> Rows:
+    """The next records of one log after seq ``after`` (cleanup's checksum pass)."""
+    flat = await link.call(
+        link.client.zrangebyscore(
+            key, f"({after}", "+inf", start=0, num=_SCAN_BATCH, withscores=True
+        )
+    )
+    return [(member, int(score)) for member, score in flat]
+
+
+def _snapshot(
+    kind: StateKind, entries: list[bytes], updates: list[bytes], last: int, epoch: str
+) -> StateSnapshot:
+    """The STATE script's flat answer as a snapshot (help updates merged over requests)."""
+    changed = {updates[i]: json.loads(updates[i + 1]) for i in range(0, len(updates), 2)}
+    listed = [
+        {**json.loads(entries[i + 1]), **changed.get(entries[i], {})}
+        for i in range(0, len(entries), 2)
+    ]
+    return StateSnapshot(sort_entries(kind, listed), last, epoch)
+
+
+def _replace_args(table: StateTable, positions: dict[str, int], epoch: str) -> list[Any]:
+    """REPLACE_STATE's arguments for a rebuilt ``table``."""
+    lockers = table.entries["lockers"]
+    args: list[Any] = [new_epoch(), epoch, positions["lockers"], positions["help"]]
+    args.append(len(lockers))
+    for key, entry in lockers.items():
+        args += [key, encode(entry)]
+    for key, entry in table.entries["help"].items():
+        args += [key, encode(entry), str(entry.get("status", ""))]
+    return args
+
+
 class RedisEventStore(BaseEventStore[Suspect]):
     """Events in Redis, shared by every instance pointed at it."""
 
@@ -212,15 +257,11 @@ class RedisEventStore(BaseEventStore[Suspect]):
         Appends go to Redis in queue order over one connection, so they are
         numbered and resolved in call order.
         """
-        namespace = check_append(event, ttl_seconds)
-        at = event_time(event)
+        item = _item(self._options, event, ttl_seconds)
         self._require_open()
-        ttl = self._options.retention(namespace).ttl_seconds
-        if ttl_seconds is not None:
-            ttl = min(ttl, ttl_seconds)
         if self._writer is None:
             raise StoreUnavailableError(f"{self._name} is closed")
-        return await self._writer.append(event, namespace, at, ttl)
+        return await self._writer.append(*item)
 
     async def append_many(
         self, events: list[Event], *, ttl_seconds: float | None = None
@@ -232,11 +273,7 @@ class RedisEventStore(BaseEventStore[Suspect]):
         items: list[tuple[Event, str, float, float] | Exception] = []
         for event in events:
             try:
-                namespace = check_append(event, ttl_seconds)
-                ttl = self._options.retention(namespace).ttl_seconds  # per namespace (§11)
-                if ttl_seconds is not None:
-                    ttl = min(ttl, ttl_seconds)
-                items.append((event, namespace, event_time(event), ttl))
+                items.append(_item(self._options, event, ttl_seconds))
             except ValueError as exc:
                 items.append(exc)
         return await self._writer.append_many(items)
@@ -346,22 +383,10 @@ class RedisEventStore(BaseEventStore[Suspect]):
         current, last, entries, updates = await self._run(
             "STATE", new_epoch(), kind, STATE_NAMESPACES[kind]
         )
-        epoch = self._learn(current)
-        changed = {updates[i]: json.loads(updates[i + 1]) for i in range(0, len(updates), 2)}
-        listed = [
-            {**json.loads(entries[i + 1]), **changed.get(entries[i], {})}
-            for i in range(0, len(entries), 2)
-        ]
-        return StateSnapshot(sort_entries(kind, listed), int(last), epoch)
+        return _snapshot(kind, entries, updates, int(last), self._learn(current))
 
     async def _replace_state(self, table: StateTable, positions: dict[str, int]) -> bool:
-        lockers = table.entries["lockers"]
-        args: list[Any] = [new_epoch(), self.epoch, positions["lockers"], positions["help"]]
-        args.append(len(lockers))
-        for key, entry in lockers.items():
-            args += [key, encode(entry)]
-        for key, entry in table.entries["help"].items():
-            args += [key, encode(entry), str(entry.get("status", ""))]
+        args = _replace_args(table, positions, self.epoch)
         return bool(await self._run("REPLACE_STATE", *args))
 
     async def stats(self) -> StoreStats:
@@ -377,22 +402,8 @@ class RedisEventStore(BaseEventStore[Suspect]):
         link = self._link
         for namespace in [ns.decode() for ns in await link.call(link.client.hkeys(self._seq_key))]:
             after = 0
-            while True:
-                flat = await link.call(
-                    link.client.zrangebyscore(
-                        f"{self._prefix}:log:{namespace}",
-                        f"({after}",
-                        "+inf",
-                        start=0,
-                        num=_SCAN_BATCH,
-                        withscores=True,
-                    )
-                )
-                rows = [(member, int(score)) for member, score in flat]
-                if not rows:
-                    break
-                bad = [(m, seq) for m, seq in rows if _record(m, seq) is None]
-                removed += await self._remove(namespace, bad)
+            while rows := await _scan(link, f"{self._prefix}:log:{namespace}", after):
+                removed += await self._remove(namespace, [r for r in rows if _record(*r) is None])
                 after = rows[-1][1]
         return removed
 

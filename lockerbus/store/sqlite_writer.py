@@ -236,7 +236,7 @@ class SqliteWriter:
                 raise StoreUnavailableError(f"sqlite store {self.path} is not open")
             self.check_file()
             with transaction(conn):
-                for namespace in self._number(conn, jobs, results):
+                for namespace in _number(conn, jobs, results, self):
                     evict_capacity(conn, namespace, self.options.retention(namespace).max_events)
             # A commit into a file unlinked meanwhile reached nobody: report it as failed.
             self.check_file()
@@ -250,76 +250,6 @@ class SqliteWriter:
         self.last_commit = time.monotonic()
         self.problem = self.append_failure = None
         return [r for r in results if r is not None]
-
-    def _number(
-        self, conn: sqlite3.Connection, jobs: list[Append], results: list[_Outcome | None]
-    ) -> list[str]:
-        """Inside the transaction: give each job its seq and insert it; fills ``results``
-        (an event JSON cannot carry fails alone, without taking a seq); returns the
-        namespaces written."""
-        now = self.clock()
-        last: dict[str, int] = {}
-        state_rows: list[Row] = []  # locker state rows of this batch, written together
-        rows = []
-        ids: dict[str, Event] = {}  # ids written earlier in this transaction
-        id_rows = []
-        for i, job in enumerate(jobs):
-            event_id = str(job.event.get("id", ""))
-            # a repeated id (§12) is decided before the state
-            earlier = ids.get(event_id) or self._held(conn, event_id, now)
-            if earlier is not None:
-                results[i] = (job.future, None, DuplicateEvent(earlier))
-                continue
-            namespace = job.event["namespace"]
-            seq = last.get(namespace)
-            if seq is None:
-                row = conn.execute(LAST_SEQ, (namespace,)).fetchone()
-                seq = row[0] if row else 0
-            stored = {**job.event, "seq": seq + 1, "epoch": self.epoch}
-            try:
-                blob = encode(stored)
-            except TypeError as exc:
-                results[i] = (job.future, None, exc)
-                last[namespace] = seq
-                continue
-            # the state (contract §11), in this same transaction; a refusal takes no seq
-            change = change_of(job.event)
-            refused = None
-            if change is not None and change.kind == "locker":
-                state_rows.append(locker_row(change, seq + 1))
-            elif change is not None:
-                refused = check_and_apply(conn, change, seq + 1)
-            if refused is not None:
-                results[i] = (job.future, None, refused)
-                last[namespace] = seq
-                continue
-            last[namespace] = seq + 1
-            default_ttl = self.options.retention(namespace).ttl_seconds
-            ttl = default_ttl if job.ttl is None else min(job.ttl, default_ttl)
-            rows.append((namespace, seq + 1, job.at, now + ttl, checksum(blob), blob))
-            results[i] = (job.future, stored, None)
-            if event_id:
-                ids[event_id] = stored
-                id_rows.append((event_id, namespace, seq + 1))
-        conn.executemany(INSERT_EVENT, rows)
-        conn.executemany(INSERT_ID, id_rows)
-        conn.executemany(UPSERT_LAST, last.items())
-        upsert(conn, state_rows)
-        for namespace, count in Counter(row[0] for row in rows).items():
-            held(conn, namespace, count)
-        return list(last)
-
-    def _held(self, conn: sqlite3.Connection, event_id: str, now: float) -> Event | None:
-        """The stored event under ``event_id``, if one is held and sound (contract §12)."""
-        if not event_id:
-            return None
-        row = conn.execute(HELD_ID, (event_id, now)).fetchone()
-        if row is None:
-            return None
-        namespace, seq, crc, blob = row
-        if checksum(blob) != crc:
-            return None  # corrupt: a read removes it; the id is free meanwhile
-        return decode_one(blob, seq, namespace)
 
     def expire(self, conn: sqlite3.Connection) -> int:
         """Delete expired rows and any over capacity; returns how many."""
@@ -379,3 +309,78 @@ class SqliteWriter:
             )
         self.last_commit = time.monotonic()
         self.problem = None
+
+
+def _number(
+    conn: sqlite3.Connection,
+    jobs: list[Append],
+    results: list[_Outcome | None],
+    writer: SqliteWriter,
+) -> list[str]:
+    """Inside the transaction: give each job its seq and insert it; fills ``results``
+    (an event JSON cannot carry fails alone, without taking a seq); returns the
+    namespaces written."""
+    now = writer.clock()
+    last: dict[str, int] = {}
+    state_rows: list[Row] = []  # locker state rows of this batch, written together
+    rows = []
+    ids: dict[str, Event] = {}  # ids written earlier in this transaction
+    id_rows = []
+    for i, job in enumerate(jobs):
+        event_id = str(job.event.get("id", ""))
+        # a repeated id (§12) is decided before the state
+        earlier = ids.get(event_id) or _held(conn, event_id, now)
+        if earlier is not None:
+            results[i] = (job.future, None, DuplicateEvent(earlier))
+            continue
+        namespace = job.event["namespace"]
+        seq = last.get(namespace)
+        if seq is None:
+            row = conn.execute(LAST_SEQ, (namespace,)).fetchone()
+            seq = row[0] if row else 0
+        stored = {**job.event, "seq": seq + 1, "epoch": writer.epoch}
+        try:
+            blob = encode(stored)
+        except TypeError as exc:
+            results[i] = (job.future, None, exc)
+            last[namespace] = seq
+            continue
+        # the state (contract §11), in this same transaction; a refusal takes no seq
+        change = change_of(job.event)
+        refused = None
+        if change is not None and change.kind == "locker":
+            state_rows.append(locker_row(change, seq + 1))
+        elif change is not None:
+            refused = check_and_apply(conn, change, seq + 1)
+        if refused is not None:
+            results[i] = (job.future, None, refused)
+            last[namespace] = seq
+            continue
+        last[namespace] = seq + 1
+        default_ttl = writer.options.retention(namespace).ttl_seconds
+        ttl = default_ttl if job.ttl is None else min(job.ttl, default_ttl)
+        rows.append((namespace, seq + 1, job.at, now + ttl, checksum(blob), blob))
+        results[i] = (job.future, stored, None)
+        if event_id:
+            ids[event_id] = stored
+            id_rows.append((event_id, namespace, seq + 1))
+    conn.executemany(INSERT_EVENT, rows)
+    conn.executemany(INSERT_ID, id_rows)
+    conn.executemany(UPSERT_LAST, last.items())
+    upsert(conn, state_rows)
+    for namespace, count in Counter(row[0] for row in rows).items():
+        held(conn, namespace, count)
+    return list(last)
+
+
+def _held(conn: sqlite3.Connection, event_id: str, now: float) -> Event | None:
+    """The stored event under ``event_id``, if one is held and sound (contract §12)."""
+    if not event_id:
+        return None
+    row = conn.execute(HELD_ID, (event_id, now)).fetchone()
+    if row is None:
+        return None
+    namespace, seq, crc, blob = row
+    if checksum(blob) != crc:
+        return None  # corrupt: a read removes it; the id is free meanwhile
+    return decode_one(blob, seq, namespace)
