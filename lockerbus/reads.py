@@ -8,7 +8,7 @@ the entries whose tags (as their events would carry them) the scope matches.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
@@ -75,20 +75,25 @@ def help_tags(request: Mapping[str, Any]) -> dict[str, str]:
 
 def scoped_lockers(snapshot: dict[str, Any], principal: Principal) -> dict[str, Any]:
     """An ``/api/lockers`` answer with only the lockers the scope matches."""
-    reach = principal.reach
-    if reach.everything:
-        return snapshot
-    lockers = [entry for entry in snapshot["lockers"] if reach.matches(locker_tags(entry))]
-    return {**snapshot, "lockers": lockers}
+    return _scoped(snapshot, "lockers", locker_tags, principal)
 
 
 def scoped_help(snapshot: dict[str, Any], principal: Principal) -> dict[str, Any]:
     """An ``/api/help`` answer with only the requests the scope matches."""
+    return _scoped(snapshot, "help_requests", help_tags, principal)
+
+
+def _scoped(
+    snapshot: dict[str, Any],
+    key: str,
+    tags: Callable[[Mapping[str, Any]], dict[str, str]],
+    principal: Principal,
+) -> dict[str, Any]:
+    """``snapshot`` with only the ``key`` entries whose tags the scope matches."""
     reach = principal.reach
     if reach.everything:
         return snapshot
-    requests = [entry for entry in snapshot["help_requests"] if reach.matches(help_tags(entry))]
-    return {**snapshot, "help_requests": requests}
+    return {**snapshot, key: [entry for entry in snapshot[key] if reach.matches(tags(entry))]}
 
 
 def scoped_kiosks(kiosks: list[dict[str, Any]], principal: Principal) -> list[dict[str, Any]]:

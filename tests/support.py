@@ -68,10 +68,11 @@ async def post_event(
     body: Any,
     role: str = "gateway",
     sub: str | None = None,
+    path: str = "/api/events",
 ) -> tuple[int, Any]:
-    """POST /api/events to any server with ``url`` and ``headers()``: (status, JSON)."""
+    """POST ``path`` to any server with ``url`` and ``headers()``: (status, JSON)."""
     async with http.post(
-        f"{server.url}/api/events", json=body, headers=server.headers(role, sub)
+        f"{server.url}{path}", json=body, headers=server.headers(role, sub)
     ) as resp:
         return resp.status, await resp.json()
 

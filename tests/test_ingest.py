@@ -17,7 +17,7 @@ from lockerbus.errors import LockerbusError
 from lockerbus.metrics import Metrics
 from lockerbus.service import EventService
 from lockerbus.store.memory import MemoryEventStore
-from tests.support import close_clients, connect, locker_event, start_server
+from tests.support import close_clients, connect, locker_event, post_event, start_server
 
 LOCKERS = "/ws/lockers"
 
@@ -33,10 +33,7 @@ async def post_batch(
     role: str = "gateway",
     sub: str | None = None,
 ) -> tuple[int, Any]:
-    async with http.post(
-        f"{server.url}/api/events/batch", json=items, headers=server.headers(role, sub)
-    ) as resp:
-        return resp.status, await resp.json()
+    return await post_event(server, http, items, role, sub, path="/api/events/batch")
 
 
 async def history(server: Any, http: aiohttp.ClientSession) -> list[dict[str, Any]]:
