@@ -84,6 +84,7 @@ async def test_command_and_kiosk_presence(server_factory, http, browser, tmp_pat
     for n in (1, 2, 3):
         assert (await server.post_event(http, locker_event(n)))[0] == 201
     kiosk = await sim_kiosk(server, "kiosk-1", {"success": True, "message": "door 1 opened"})
+    assert (await server.post_event(http, help_event(4, priority="urgent")))[0] == 201
     page, errors, _ = await open_console(browser, server, token("panel", "op-1"))
     card = page.get_by_role("listitem", name="Kiosk kiosk-1")
     await card.and_(page.locator('[data-online="true"]')).wait_for(timeout=5000)
@@ -119,6 +120,8 @@ async def test_command_and_kiosk_presence(server_factory, http, browser, tmp_pat
     await page.locator('#roster li[data-kiosk="kiosk-1"][data-online="true"]').wait_for(
         timeout=5000
     )
+    # the connection count comes from /api/kiosks, reloaded after the announcement
+    await card.locator('[data-field="connections"]', has_text="1").wait_for(timeout=5000)
     if SHOTS:
         await page.screenshot(path=str(Path(SHOTS) / "console-1280.png"), full_page=True)
     assert errors == []
