@@ -143,6 +143,14 @@ async def test_help_assign_resolve_and_conflict(server, http, browser) -> None:
     assert resolved["new_status"] == "resolved" and resolved["resolution_notes"] == "reset the lock"
     assert resolved["agent_id"] == "op-1"
 
+    # what an operator is typing survives the list being redrawn by a new request
+    notes = page.get_by_label("Resolution notes for help request 8")
+    await notes.fill("half typed")
+    assert (await server.post_event(http, help_event(9)))[0] == 201
+    await page.locator('[data-help="9"]').wait_for(timeout=5000)
+    assert await notes.input_value() == "half typed"
+    assert await notes.evaluate("n => n === document.activeElement")
+
     # someone else assigns #8 while this page does not hear of it: its resolve is a conflict
     await page.route_web_socket("**/socket.io/**", lambda ws: hide_updates(ws))
     await page.reload()

@@ -213,6 +213,29 @@
 
   // -- rendering ------------------------------------------------------------------
 
+  // Redraw `container` without losing what the operator is typing or where the
+  // keyboard focus is: controls are matched by their accessible label.
+  function keepingInputs(container, draw) {
+    const values = new Map();
+    for (const c of container.querySelectorAll("input, select")) values.set(c.getAttribute("aria-label"), c.value);
+    const active = container.contains(document.activeElement) ? document.activeElement.getAttribute("aria-label")
+      || document.activeElement.textContent : null;
+    draw();
+    for (const c of container.querySelectorAll("input, select")) {
+      const value = values.get(c.getAttribute("aria-label"));
+      if (value == null) continue;
+      if (c.tagName === "SELECT" && ![...c.options].some((o) => o.value === value)) {
+        c.append(el("option", { value }, value)); // a locker option drawn later than chosen
+      }
+      c.value = value;
+    }
+    if (active) {
+      const again = [...container.querySelectorAll("input, select, button")]
+        .find((c) => (c.getAttribute("aria-label") || c.textContent) === active);
+      if (again) again.focus();
+    }
+  }
+
   function kioskIds() {
     const ids = new Set([...st.kiosks.keys()].filter((id) => shown("kiosk", { kioskId: id })));
     return [...ids].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
@@ -221,7 +244,7 @@
   function renderRoster() {
     if (!canOperate()) return;
     const ids = kioskIds();
-    $("roster").replaceChildren(...ids.map((id) => {
+    keepingInputs($("roster"), () => $("roster").replaceChildren(...ids.map((id) => {
       const k = st.kiosks.get(id);
       const state = k.online ? "online" : "offline";
       return el("li", { class: "kiosk-card " + state, "data-kiosk": id, "data-online": k.online, "aria-label": "Kiosk " + id },
@@ -232,7 +255,7 @@
           el("dt", {}, "health"), el("dd", { "data-field": "health" }, k.health_score == null ? "—" : String(k.health_score)),
           el("dt", {}, "status"), el("dd", {}, k.status || "—")),
         commandForm(id));
-    }));
+    })));
     $("kiosk-count").textContent = "(" + ids.length + ", " + ids.filter((id) => !st.kiosks.get(id).online).length + " offline)";
   }
 
@@ -280,14 +303,14 @@
   function renderHelp() {
     const requests = [...st.help.values()].filter((r) => shown("help", r)).sort((a, b) =>
       (PRIORITY[a.priority] ?? 9) - (PRIORITY[b.priority] ?? 9) || a.id - b.id);
-    $("help").replaceChildren(...requests.map((r) => el("li", {
+    keepingInputs($("help"), () => $("help").replaceChildren(...requests.map((r) => el("li", {
       "data-help": r.id, "data-priority": r.priority, "data-status": r.status, "aria-label": "Help request " + r.id,
     },
       el("span", { class: "priority priority-" + r.priority }, r.priority),
       el("span", { class: "help-text" }, "#" + r.id + " " + r.kiosk_id + (r.locker_no != null ? " · locker " + r.locker_no : "")
         + " · " + r.category.replace("_", " ") + " · " + r.status + (r.agent_id ? " (" + r.agent_id + ")" : "")
         + (r.note ? " — " + r.note : "")),
-      canOperate() ? helpActions(r) : null)));
+      canOperate() ? helpActions(r) : null))));
     $("help-count").textContent = "(" + requests.length + ")";
   }
 
