@@ -4,6 +4,7 @@ the help workflow, server-side filters, a scoped panel."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,20 @@ def help_event(n: int, kiosk: str = "kiosk-1", priority: str = "high") -> dict[s
     }
 
 
-async def sim_kiosk(server: RunningServer, sub: str, answer: dict[str, Any] | None = None) -> Any:
-    """A python-socketio client acting as kiosk ``sub``, answering every command."""
+async def sim_kiosk(
+    server: RunningServer,
+    sub: str,
+    answer: dict[str, Any] | None = None,
+    hold: asyncio.Event | None = None,
+) -> Any:
+    """A python-socketio client acting as kiosk ``sub``, answering every command
+    (once ``hold`` is set, when given)."""
     calls: list[dict[str, Any]] = []
 
     async def on_command(command: dict[str, Any]) -> Any:
         calls.append(command)
+        if hold is not None:
+            await hold.wait()
         return answer or {"success": True, "message": f"{command['type']} done"}
 
     client = await connect(server, EVENTS, role="kiosk", sub=sub, handlers={"command": on_command})
@@ -80,7 +89,7 @@ async def open_console(
 
 
 async def test_command_and_kiosk_presence(server_factory, http, browser, tmp_path: Path) -> None:
-    server = await server_factory(kiosk_offline_grace_seconds=0.2)
+    server = await server_factory(kiosk_offline_grace_seconds=0.2, command_timeout_seconds=0.5)
     for n in (1, 2, 3):
         assert (await server.post_event(http, locker_event(n)))[0] == 201
     kiosk = await sim_kiosk(server, "kiosk-1", {"success": True, "message": "door 1 opened"})
@@ -122,6 +131,28 @@ async def test_command_and_kiosk_presence(server_factory, http, browser, tmp_pat
     )
     # the connection count comes from /api/kiosks, reloaded after the announcement
     await card.locator('[data-field="connections"]', has_text="1").wait_for(timeout=5000)
+
+    # a kiosk that does not answer in the command timeout
+    hold = asyncio.Event()
+    await sim_kiosk(server, "kiosk-2", hold=hold)
+    await page.get_by_label("Command for kiosk-2").select_option("status_check")
+    await page.get_by_role("button", name="Send to kiosk-2").click()
+    late = page.locator('#commands li[data-target="kiosk-2"]')
+    await late.and_(page.locator('[data-command-state="timeout"]')).wait_for(timeout=5000)
+    assert "timed out" in await late.inner_text()
+    hold.set()
+
+    # one time order across the three namespaces, newest first
+    assert (await server.post_event(http, locker_event(4)))[0] == 201
+    await page.locator('#feed li[data-ns="/ws/lockers"]').wait_for(timeout=5000)
+    stamps = await page.locator("#feed li").evaluate_all(
+        "items => items.map(i => Date.parse(i.dataset.timestamp))"
+    )
+    namespaces = await page.locator("#feed li").evaluate_all(
+        "items => items.map(i => i.dataset.ns)"
+    )
+    assert len(set(namespaces)) >= 2
+    assert stamps == sorted(stamps, reverse=True)
     if SHOTS:
         await page.screenshot(path=str(Path(SHOTS) / "console-1280.png"), full_page=True)
     assert errors == []
