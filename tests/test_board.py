@@ -148,6 +148,10 @@ async def test_board_assets_and_setting(server_factory, http) -> None:
     async with http.get(f"{on.url}/board/socket.io.min.js") as resp:
         assert resp.status == 200
         assert (await resp.text()).startswith("/*!\n * Socket.IO v4.")
+    async with http.get(f"{on.url}/board/console.js") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/javascript")
+        assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
     async with http.get(f"{on.url}/board/socket.io-client.LICENSE") as resp:
         assert resp.status == 404  # only the listed assets are served
     off = await server_factory(board_enabled=False)

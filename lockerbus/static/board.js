@@ -7,12 +7,11 @@
   const LOCKERS = "/ws/lockers", HELP = "/ws/help", EVENTS = "/ws/events";
   const ROOMS = { [LOCKERS]: "locker_updates", [HELP]: "help_requests", [EVENTS]: "system_events" };
   const SNAPSHOT = { [LOCKERS]: "/api/lockers", [HELP]: "/api/help" };
-  const FEED_MAX = 50, COMMANDS_MAX = 20;
+  const FEED_MAX = 50;
   const PRIORITY = { urgent: 0, high: 1, medium: 2, low: 3 };
-  const COMMANDS = ["open", "close", "reset", "buzzer", "status_check"];
   const OPERATORS = new Set(["panel", "gateway", "admin"]); // may command, read /api/kiosks, update help
   const TOKEN_KEY = "lockerbus.token";
-  const RETRY_FIRST_MS = 1000, RETRY_MAX_MS = 15000, COMMAND_WAIT_MS = 30000;
+  const RETRY_FIRST_MS = 1000, RETRY_MAX_MS = 15000;
 
   const st = {
     token: null, claims: {},
@@ -27,7 +26,6 @@
     reconnects: 0,
     filter: { kiosk: [], state: [], priority: [] },
     feed: [],             // events shown, newest first by timestamp
-    commandSeq: 0,
   };
 
   const $ = (id) => document.getElementById(id);
@@ -143,7 +141,7 @@
     if (!canOperate()) return;
     const body = await api("/api/kiosks");
     st.kiosks = new Map(body.kiosks.map((k) => [k.kioskId, k]));
-    renderRoster();
+    ops.renderRoster();
   }
 
   let kioskTimer = null;
@@ -204,82 +202,14 @@
         ...kiosk, online, status: d.status, health_score: d.health_score,
         connections: online ? kiosk.connections : 0, last_seen: event.timestamp,
       });
-      renderRoster();
+      ops.renderRoster();
       reloadKiosksSoon(); // connection counts are not in the event
     } else if (event.type === "command_applied") {
-      settleCommand(d.command.id, d);
+      ops.settleCommand(d.command.id, d);
     }
   }
 
   // -- rendering ------------------------------------------------------------------
-
-  // Redraw `container` without losing what the operator is typing or where the
-  // keyboard focus is: controls are matched by their accessible label.
-  function keepingInputs(container, draw) {
-    const values = new Map();
-    for (const c of container.querySelectorAll("input, select")) values.set(c.getAttribute("aria-label"), c.value);
-    const active = container.contains(document.activeElement) ? document.activeElement.getAttribute("aria-label")
-      || document.activeElement.textContent : null;
-    draw();
-    for (const c of container.querySelectorAll("input, select")) {
-      const value = values.get(c.getAttribute("aria-label"));
-      if (value == null) continue;
-      if (c.tagName === "SELECT" && ![...c.options].some((o) => o.value === value)) {
-        c.append(el("option", { value }, value)); // a locker option drawn later than chosen
-      }
-      c.value = value;
-    }
-    if (active) {
-      const again = [...container.querySelectorAll("input, select, button")]
-        .find((c) => (c.getAttribute("aria-label") || c.textContent) === active);
-      if (again) again.focus();
-    }
-  }
-
-  function kioskIds() {
-    const ids = new Set([...st.kiosks.keys()].filter((id) => shown("kiosk", { kioskId: id })));
-    return [...ids].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
-  }
-
-  function renderRoster() {
-    if (!canOperate()) return;
-    const ids = kioskIds();
-    keepingInputs($("roster"), () => $("roster").replaceChildren(...ids.map((id) => {
-      const k = st.kiosks.get(id);
-      const state = k.online ? "online" : "offline";
-      return el("li", { class: "kiosk-card " + state, "data-kiosk": id, "data-online": k.online, "aria-label": "Kiosk " + id },
-        el("h3", {}, id, " ", el("span", { class: "badge badge-" + state }, state)),
-        el("dl", {},
-          el("dt", {}, "connections"), el("dd", { "data-field": "connections" }, String(k.connections)),
-          el("dt", {}, "last seen"), el("dd", { "data-field": "last_seen" }, k.online && k.connections ? "now" : localTime(k.last_seen)),
-          el("dt", {}, "health"), el("dd", { "data-field": "health" }, k.health_score == null ? "—" : String(k.health_score)),
-          el("dt", {}, "status"), el("dd", {}, k.status || "—")),
-        commandForm(id));
-    })));
-    $("kiosk-count").textContent = "(" + ids.length + ", " + ids.filter((id) => !st.kiosks.get(id).online).length + " offline)";
-  }
-
-  function commandForm(kioskId) {
-    if (!canOperate()) return null;
-    const lockers = () => [...st.lockers.values()].filter((l) => l.kioskId === kioskId).map((l) => l.lockerId)
-      .sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
-    const type = el("select", { "aria-label": "Command for " + kioskId, name: "type" },
-      ...COMMANDS.map((c) => el("option", { value: c }, c.replace("_", " "))));
-    const locker = el("select", { "aria-label": "Locker for " + kioskId, name: "locker" },
-      el("option", { value: "" }, "whole kiosk"), ...lockers().map((l) => el("option", { value: l }, l)));
-    locker.addEventListener("focus", () => { // lockers reported since the roster was drawn
-      const value = locker.value;
-      locker.replaceChildren(el("option", { value: "" }, "whole kiosk"), ...lockers().map((l) => el("option", { value: l }, l)));
-      locker.value = value;
-    });
-    const form = el("form", { class: "command-form", "aria-label": "Command " + kioskId },
-      type, locker, el("button", { type: "submit" }, "Send to " + kioskId));
-    form.addEventListener("submit", (e) => {
-      e.preventDefault();
-      sendCommand({ type: type.value, kioskId, ...(locker.value ? { lockerId: locker.value } : {}) });
-    });
-    return form;
-  }
 
   function renderLockers(changedKey) {
     const byKiosk = new Map();
@@ -303,91 +233,15 @@
   function renderHelp() {
     const requests = [...st.help.values()].filter((r) => shown("help", r)).sort((a, b) =>
       (PRIORITY[a.priority] ?? 9) - (PRIORITY[b.priority] ?? 9) || a.id - b.id);
-    keepingInputs($("help"), () => $("help").replaceChildren(...requests.map((r) => el("li", {
+    ops.keepingInputs($("help"), () => $("help").replaceChildren(...requests.map((r) => el("li", {
       "data-help": r.id, "data-priority": r.priority, "data-status": r.status, "aria-label": "Help request " + r.id,
     },
       el("span", { class: "priority priority-" + r.priority }, r.priority),
       el("span", { class: "help-text" }, "#" + r.id + " " + r.kiosk_id + (r.locker_no != null ? " · locker " + r.locker_no : "")
         + " · " + r.category.replace("_", " ") + " · " + r.status + (r.agent_id ? " (" + r.agent_id + ")" : "")
         + (r.note ? " — " + r.note : "")),
-      canOperate() ? helpActions(r) : null))));
+      canOperate() ? ops.helpActions(r) : null))));
     $("help-count").textContent = "(" + requests.length + ")";
-  }
-
-  function helpActions(r) {
-    const box = el("div", { class: "help-actions" });
-    if (r.status === "open") {
-      box.append(el("button", { type: "button", "aria-label": "Assign help request " + r.id + " to me",
-        onclick: () => updateHelp(r, "assigned") }, "Assign to me"));
-    }
-    const notes = el("input", { type: "text", name: "notes", "aria-label": "Resolution notes for help request " + r.id,
-      placeholder: "resolution notes" });
-    const form = el("form", { class: "resolve-form" }, notes,
-      el("button", { type: "submit", "aria-label": "Resolve help request " + r.id }, "Resolve"));
-    form.addEventListener("submit", (e) => { e.preventDefault(); updateHelp(r, "resolved", notes.value.trim()); });
-    box.append(form);
-    return box;
-  }
-
-  // -- actions ----------------------------------------------------------------
-
-  function emit(ns, name, payload) {
-    return new Promise((resolve) => {
-      const socket = st.sockets[ns];
-      if (!socket || !socket.connected) { resolve({ ok: false, error: { code: "disconnected", message: "not connected" } }); return; }
-      socket.timeout(COMMAND_WAIT_MS).emit(name, payload, (err, ack) =>
-        resolve(err ? { ok: false, error: { code: "no_answer", message: "no answer from the server" } } : ack));
-    });
-  }
-
-  async function updateHelp(r, status, notes) {
-    const message = $("help-message");
-    message.textContent = "";
-    const data = { id: r.id, old_status: r.status, new_status: status, agent_id: st.claims.sub,
-      updated_at: new Date().toISOString() };
-    if (notes) data.resolution_notes = notes;
-    const ack = await emit(HELP, "publish", { type: "help_status_updated", data });
-    if (ack && ack.ok) { onEvent(HELP, ack.event); return; }
-    const err = (ack && ack.error) || {};
-    if (err.code === "conflict") {
-      message.textContent = "Help request #" + r.id + " was changed by someone else; its current state is reloaded.";
-      message.dataset.code = "conflict";
-      await resync(HELP);
-    } else {
-      message.textContent = "Help request #" + r.id + ": " + (err.message || err.code || "failed");
-      message.dataset.code = err.code || "error";
-    }
-  }
-
-  async function sendCommand(command) {
-    const target = command.kioskId + (command.lockerId ? "/" + command.lockerId : "");
-    const item = el("li", { "data-command-state": "pending", "data-target": target, "data-command": command.type },
-      el("b", {}, command.type + " " + target), " ", el("span", { class: "result" }, "pending…"));
-    const list = $("commands");
-    list.prepend(item);
-    while (list.children.length > COMMANDS_MAX) list.lastElementChild.remove();
-    const ack = await emit(EVENTS, "command", command);
-    if (ack && ack.ok) settleCommand(ack.event.data.command.id, ack.event.data, item);
-    else showResult(item, "failure", "not issued: " + ((ack && ack.error && (ack.error.message || ack.error.code)) || "failed"));
-  }
-
-  // The issuer's ack settles its own entry; the broadcast of the same event
-  // (possibly first) finds the entry by command id once the ack has named it.
-  function settleCommand(id, data, item) {
-    const node = item || document.querySelector('#commands li[data-command-id="' + CSS.escape(id) + '"]');
-    if (!node) return;
-    node.dataset.commandId = id;
-    const r = data.result;
-    const outcome = r.success ? "success" : r.error === "kiosk_offline" || r.error === "timeout" ? r.error : "failure";
-    const label = { success: "success", failure: "failure", kiosk_offline: "kiosk offline", timeout: "timed out" }[outcome];
-    const time = r.execution_time_ms != null ? " in " + Math.round(r.execution_time_ms) + " ms" : "";
-    showResult(node, outcome, label + (r.message ? ": " + r.message : "")
-      + (!r.success && r.error && outcome === "failure" ? " (" + r.error + ")" : "") + time);
-  }
-
-  function showResult(node, outcome, text) {
-    node.dataset.commandState = outcome;
-    node.querySelector(".result").textContent = text;
   }
 
   // -- feed: one time order across namespaces ----------------------------------
@@ -554,5 +408,6 @@
     boot();
   }
 
+  const ops = window.lockerbusOperator({ st, $, el, localTime, shown, onEvent, resync, canOperate });
   start();
 })();
