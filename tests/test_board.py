@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -10,38 +9,16 @@ from typing import Any
 import pytest
 
 from lockerbus.app import GATEWAY
-from tests.conftest import require
+from tests.browser_support import chromium
 from tests.support import RunningServer, locker_event
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 pytestmark = pytest.mark.needs_chromium
 
 
 @pytest.fixture
 async def browser():  # type: ignore[no-untyped-def]
-    require(os.access(CHROMIUM, os.X_OK), CHROMIUM)
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:  # pragma: no cover - the test extra installs it
-        require(False, "the playwright package")
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=30_000
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with chromium() as launched:
+        yield launched
 
 
 def help_event(n: int, priority: str = "high") -> dict[str, Any]:
@@ -171,6 +148,10 @@ async def test_board_assets_and_setting(server_factory, http) -> None:
     async with http.get(f"{on.url}/board/socket.io.min.js") as resp:
         assert resp.status == 200
         assert (await resp.text()).startswith("/*!\n * Socket.IO v4.")
+    async with http.get(f"{on.url}/board/console.js") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/javascript")
+        assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
     async with http.get(f"{on.url}/board/socket.io-client.LICENSE") as resp:
         assert resp.status == 404  # only the listed assets are served
     off = await server_factory(board_enabled=False)

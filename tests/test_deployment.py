@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 from lockerbus.client import ClientOptions, KioskClient
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import require, require_binary
 from tests.processes import ServerProcess
 from tests.redis_support import RedisServer
 from tests.support import free_port, locker_event, post_event
-from tests.test_board import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENT = ROOT / "docs" / "deployment.md"

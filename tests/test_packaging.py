@@ -57,6 +57,7 @@ def test_wheel_holds_the_package_data_and_metadata(wheel: Path) -> None:
     for needed in (
         "lockerbus/static/board.html",
         "lockerbus/static/board.js",
+        "lockerbus/static/console.js",
         "lockerbus/py.typed",
     ):
         assert needed in names

@@ -1,5 +1,6 @@
-// lockerbus live board: snapshot over HTTP, then live over Socket.IO from the
-// snapshot's last_seq (contract §6, §8). No build step; `io` is socket.io-client.
+// lockerbus fleet console: snapshots over HTTP, then live over Socket.IO from
+// each snapshot's last_seq (contract §6, §8, §11); commands (§5), help
+// workflow (§11), server-side filters (§10). No build step; `io` is socket.io-client.
 (() => {
   "use strict";
 
@@ -8,19 +9,23 @@
   const SNAPSHOT = { [LOCKERS]: "/api/lockers", [HELP]: "/api/help" };
   const FEED_MAX = 50;
   const PRIORITY = { urgent: 0, high: 1, medium: 2, low: 3 };
+  const OPERATORS = new Set(["panel", "gateway", "admin"]); // may command, read /api/kiosks, update help
   const TOKEN_KEY = "lockerbus.token";
   const RETRY_FIRST_MS = 1000, RETRY_MAX_MS = 15000;
 
   const st = {
-    token: null,
+    token: null, claims: {},
     lockers: new Map(),   // "kiosk/locker" -> {lockerId, kioskId, state, seq, timestamp}
     help: new Map(),      // id -> open request
+    kiosks: new Map(),    // kioskId -> /api/kiosks entry
     pos: {},              // namespace -> {seq, epoch}: the last event folded in
     buffered: {},         // namespace -> events held while a snapshot reloads
     sockets: {},
     status: {},           // namespace -> connected | reconnecting | disconnected
     replaying: {},        // namespace -> true until replay_complete
     reconnects: 0,
+    filter: { kiosk: [], state: [], priority: [] },
+    feed: [],             // events shown, newest first by timestamp
   };
 
   const $ = (id) => document.getElementById(id);
@@ -28,12 +33,15 @@
     const node = document.createElement(tag);
     for (const [key, value] of Object.entries(props)) {
       if (key === "class") node.className = value;
-      else if (key.startsWith("data-")) node.setAttribute(key, String(value));
+      else if (key.startsWith("data-") || key.startsWith("aria-") || key === "role") node.setAttribute(key, String(value));
+      else if (key === "onclick") node.addEventListener("click", value);
       else node[key] = value;
     }
-    node.append(...children);
+    node.append(...children.filter((c) => c != null));
     return node;
   };
+  const canOperate = () => OPERATORS.has(st.claims.role);
+  const localTime = (iso) => { const t = new Date(iso); return isNaN(t) ? "" : t.toLocaleTimeString(); };
 
   // -- token ------------------------------------------------------------------
 
@@ -42,6 +50,14 @@
     if (!match) return null;
     history.replaceState(null, "", location.pathname + location.search); // keep it out of sight
     return decodeURIComponent(match[1]);
+  }
+
+  // The claims only decide what the page offers; the server checks every action.
+  function readClaims(token) {
+    try {
+      const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(atob(part + "=".repeat((4 - part.length % 4) % 4)));
+    } catch { return {}; }
   }
 
   function askForToken(message) {
@@ -65,6 +81,46 @@
     return body;
   }
 
+  // -- filters (§10): kept in the URL, applied by the server ------------------
+
+  function readFilter() {
+    const params = new URLSearchParams(location.search);
+    for (const key of Object.keys(st.filter)) {
+      st.filter[key] = (params.get(key) || "").split(",").map((v) => v.trim()).filter(Boolean);
+    }
+    $("filter-kiosk").value = st.filter.kiosk.join(", ");
+    $("filter-state").value = st.filter.state[0] || "";
+    $("filter-priority").value = st.filter.priority[0] || "";
+    const parts = Object.entries(st.filter).filter(([, v]) => v.length).map(([k, v]) => k + " = " + v.join(" | "));
+    $("filter-summary").textContent = parts.length ? "Showing " + parts.join(", ") : "Showing everything";
+  }
+
+  // The server filter of a namespace. Locker state and help priority are tags
+  // of the event entering a state only (§10), so a server filter on them would
+  // never deliver the event leaving it; they narrow the view here instead.
+  function serverFilter(ns) {
+    return st.filter.kiosk.length ? { kiosk: st.filter.kiosk } : null;
+  }
+
+  function shown(kind, item) {
+    const f = st.filter;
+    if (f.kiosk.length && !f.kiosk.includes(item.kioskId ?? item.kiosk_id)) return false;
+    if (kind === "locker" && f.state.length && !f.state.includes(item.state)) return false;
+    if (kind === "help" && f.priority.length && !f.priority.includes(item.priority)) return false;
+    return true;
+  }
+
+  function applyFilter(event) {
+    event.preventDefault();
+    const params = new URLSearchParams();
+    const kiosk = $("filter-kiosk").value.split(",").map((v) => v.trim()).filter(Boolean).join(",");
+    if (kiosk) params.set("kiosk", kiosk);
+    if ($("filter-state").value) params.set("state", $("filter-state").value);
+    if ($("filter-priority").value) params.set("priority", $("filter-priority").value);
+    const query = params.toString();
+    location.assign(location.pathname + (query ? "?" + query : "")); // bookmarkable; reconnects filtered
+  }
+
   // -- state ------------------------------------------------------------------
 
   async function loadSnapshot(ns) {
@@ -79,6 +135,19 @@
       renderHelp();
     }
     st.pos[ns] = { seq: snap.last_seq, epoch: snap.epoch };
+  }
+
+  async function loadKiosks() {
+    if (!canOperate()) return;
+    const body = await api("/api/kiosks");
+    st.kiosks = new Map(body.kiosks.map((k) => [k.kioskId, k]));
+    ops.renderRoster();
+  }
+
+  let kioskTimer = null;
+  function reloadKiosksSoon() {
+    clearTimeout(kioskTimer);
+    kioskTimer = setTimeout(() => loadKiosks().catch(() => {}), 250);
   }
 
   // Reload a namespace's snapshot while its live events are held back, then
@@ -124,6 +193,19 @@
       if (d.new_status === "resolved") st.help.delete(d.id);
       else if (request) Object.assign(request, { status: d.new_status, agent_id: d.agent_id, seq: event.seq });
       renderHelp();
+    } else if (event.type === "system_status" && d.component === "kiosk") {
+      const id = (event.tags && event.tags.kiosk) || (d.details && d.details.kioskId);
+      if (!id || !canOperate()) return;
+      const kiosk = st.kiosks.get(id) || { kioskId: id, connections: 0 };
+      const online = d.status !== "offline";
+      st.kiosks.set(id, {
+        ...kiosk, online, status: d.status, health_score: d.health_score,
+        connections: online ? kiosk.connections : 0, last_seen: event.timestamp,
+      });
+      ops.renderRoster();
+      reloadKiosksSoon(); // connection counts are not in the event
+    } else if (event.type === "command_applied") {
+      ops.settleCommand(d.command.id, d);
     }
   }
 
@@ -132,32 +214,37 @@
   function renderLockers(changedKey) {
     const byKiosk = new Map();
     for (const [key, l] of [...st.lockers].sort(([a], [b]) => a.localeCompare(b, undefined, { numeric: true }))) {
+      if (!shown("locker", l)) continue;
       if (!byKiosk.has(l.kioskId)) byKiosk.set(l.kioskId, []);
       byKiosk.get(l.kioskId).push([key, l]);
     }
     const sections = [...byKiosk].map(([kiosk, lockers]) => el("div", { class: "kiosk" },
       el("h3", {}, kiosk),
-      el("div", { class: "grid" }, ...lockers.map(([key, l]) => el("div", {
+      el("ul", { class: "grid", "aria-label": "Lockers of " + kiosk }, ...lockers.map(([key, l]) => el("li", {
         class: "locker state-" + l.state + (key === changedKey ? " changed" : ""),
         "data-locker": key, "data-state": l.state, "data-seq": l.seq,
         title: key + " · " + l.state + " · seq " + l.seq + " · " + l.timestamp,
       }, el("b", {}, l.lockerId), el("small", {}, l.state))))));
     $("kiosks").replaceChildren(...(sections.length ? sections
       : [el("p", { class: "muted empty" }, "No locker has reported yet.")]));
-    $("locker-count").textContent = "(" + st.lockers.size + ")";
+    $("locker-count").textContent = "(" + [...byKiosk.values()].reduce((n, ls) => n + ls.length, 0) + ")";
   }
 
   function renderHelp() {
-    const requests = [...st.help.values()].sort((a, b) =>
+    const requests = [...st.help.values()].filter((r) => shown("help", r)).sort((a, b) =>
       (PRIORITY[a.priority] ?? 9) - (PRIORITY[b.priority] ?? 9) || a.id - b.id);
-    $("help").replaceChildren(...requests.map((r) => el("li", {
-      "data-help": r.id, "data-priority": r.priority, "data-status": r.status,
+    ops.keepingInputs($("help"), () => $("help").replaceChildren(...requests.map((r) => el("li", {
+      "data-help": r.id, "data-priority": r.priority, "data-status": r.status, "aria-label": "Help request " + r.id,
     },
       el("span", { class: "priority priority-" + r.priority }, r.priority),
-      el("span", {}, "#" + r.id + " " + r.kiosk_id + (r.locker_no != null ? " · locker " + r.locker_no : "")
-        + " · " + r.category.replace("_", " ") + " · " + r.status + (r.note ? " — " + r.note : "")))));
-    $("help-count").textContent = "(" + st.help.size + ")";
+      el("span", { class: "help-text" }, "#" + r.id + " " + r.kiosk_id + (r.locker_no != null ? " · locker " + r.locker_no : "")
+        + " · " + r.category.replace("_", " ") + " · " + r.status + (r.agent_id ? " (" + r.agent_id + ")" : "")
+        + (r.note ? " — " + r.note : "")),
+      canOperate() ? ops.helpActions(r) : null))));
+    $("help-count").textContent = "(" + requests.length + ")";
   }
+
+  // -- feed: one time order across namespaces ----------------------------------
 
   function summary(event) {
     const d = event.data || {};
@@ -167,23 +254,29 @@
       case "help_status_updated": return "#" + d.id + ": " + d.old_status + " → " + d.new_status;
       case "command_applied": return d.command.type + " " + (d.command.kioskId || "") + ": "
         + (d.result.success ? "ok" : "failed " + (d.result.error || ""));
-      case "system_status": return d.component + " " + d.status + " (" + d.health_score + ")";
+      case "system_status": return d.component + " " + ((event.tags && event.tags.kiosk) || "") + " " + d.status + " (" + d.health_score + ")";
       default: return (d.userId || "") + " " + (d.namespace || "");
     }
   }
 
+  const order = (a, b) => (b.timestamp > a.timestamp) - (b.timestamp < a.timestamp)
+    || a.namespace.localeCompare(b.namespace) || b.seq - a.seq;
+
   function addToFeed(event) {
-    const time = new Date(event.timestamp);
     const item = el("li", {
       "data-ns": event.namespace, "data-seq": event.seq, "data-type": event.type,
-      "data-replayed": event.replayed === true,
+      "data-replayed": event.replayed === true, "data-timestamp": event.timestamp,
     },
-      el("time", { dateTime: event.timestamp }, isNaN(time) ? "" : time.toLocaleTimeString()),
+      el("time", { dateTime: event.timestamp }, localTime(event.timestamp)),
       el("span", { class: "type" }, event.type),
       el("span", {}, summary(event)));
+    let at = st.feed.findIndex((other) => order(event, other) < 0);
+    if (at < 0) at = st.feed.length;
+    if (at >= FEED_MAX) return; // older than everything kept
+    st.feed.splice(at, 0, event);
     const feed = $("feed");
-    feed.prepend(item);
-    while (feed.children.length > FEED_MAX) feed.lastElementChild.remove();
+    feed.insertBefore(item, feed.children[at] || null);
+    while (st.feed.length > FEED_MAX) { st.feed.pop(); feed.lastElementChild.remove(); }
   }
 
   function setStatus(ns, status) {
@@ -201,7 +294,8 @@
 
   function setMode() {
     const busy = Object.values(st.replaying).some(Boolean);
-    const mode = Object.keys(st.buffered).length ? "resyncing" : busy ? "replaying" : "live";
+    const down = Object.values(st.status).some((s) => s !== "connected");
+    const mode = Object.keys(st.buffered).length ? "resyncing" : busy ? "replaying" : down ? "reconnecting" : "live";
     const node = $("mode");
     node.dataset.mode = mode;
     node.textContent = mode;
@@ -212,9 +306,12 @@
   // Sent on every (re)connect: resume from the last event folded in, so the
   // server replays exactly what was missed (none twice, none skipped).
   function authFor(ns) {
+    const auth = { token: st.token };
+    const filter = serverFilter(ns);
+    if (filter) auth.filter = filter;
     const pos = st.pos[ns];
-    if (pos) return { token: st.token, last_seq: pos.seq, epoch: pos.epoch };
-    return { token: st.token }; // /ws/events on first connect: the recent window
+    if (pos) Object.assign(auth, { last_seq: pos.seq, epoch: pos.epoch });
+    return auth; // /ws/events on first connect: the recent window
   }
 
   function connect(ns) {
@@ -231,7 +328,9 @@
       retry = 0;
       st.replaying[ns] = true;
       setStatus(ns, "connected");
-      socket.emit("subscribe", { room: ROOMS[ns] });
+      const filter = serverFilter(ns);
+      socket.emit("subscribe", filter ? { room: ROOMS[ns], filter } : { room: ROOMS[ns] });
+      if (ns === EVENTS) reloadKiosksSoon(); // presence may have moved while away
     });
     socket.on("replay_complete", (info) => {
       st.replaying[ns] = false;
@@ -273,9 +372,13 @@
     $("login").hidden = true;
     $("board").hidden = false;
     $("logout").hidden = false;
+    st.claims = readClaims(st.token);
+    $("whoami").textContent = (st.claims.sub || "?") + " · " + (st.claims.role || "?") + (st.claims.scope ? " · scoped" : "");
+    $("roster-section").hidden = !canOperate();
+    $("commands-section").hidden = !canOperate();
     for (const ns of [LOCKERS, HELP, EVENTS]) { st.status[ns] = "disconnected"; st.replaying[ns] = true; }
     try {
-      await Promise.all([loadSnapshot(LOCKERS), loadSnapshot(HELP)]);
+      await Promise.all([loadSnapshot(LOCKERS), loadSnapshot(HELP), loadKiosks()]);
     } catch (err) {
       askForToken(err instanceof TokenRefused ? "Token refused: " + err.message : String(err.message || err));
       return;
@@ -293,11 +396,18 @@
       boot();
     });
     $("logout").addEventListener("click", () => askForToken(""));
+    $("filters").addEventListener("submit", applyFilter);
+    $("filter-clear").addEventListener("click", () => {
+      for (const id of ["filter-kiosk", "filter-state", "filter-priority"]) $(id).value = "";
+      $("filters").requestSubmit();
+    });
+    readFilter();
     st.token = tokenFromFragment() || sessionStorage.getItem(TOKEN_KEY);
     if (!st.token) { askForToken(""); return; }
     sessionStorage.setItem(TOKEN_KEY, st.token);
     boot();
   }
 
+  const ops = window.lockerbusOperator({ st, $, el, localTime, shown, onEvent, resync, canOperate });
   start();
 })();
