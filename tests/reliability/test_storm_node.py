@@ -3,7 +3,9 @@
 The python-socketio storm (test_storm.py) cannot hold 2000 clients in one
 process on 2 cores; tests/node/storm.mjs can (worker threads).  Each client
 follows /ws/lockers and resumes with ``auth {token, last_seq, epoch}`` from the
-last event it received.  While an HTTP publisher streams, the server is
+last event it received (half of them first connect with no ``last_seq``, the
+time-based default, and take their position from ``replay_complete``, as the
+python Tracker does).  While an HTTP publisher streams, the server is
 SIGKILLed and restarted on the same SQLite file and port: every client drops
 at once and reconnects.  Each client's stream must then be every stored event
 exactly once, in order, with the stored ids, and every resume ``recovered``.
