@@ -24,6 +24,7 @@ follower must hold every stored event.  The gateway subscribes to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -77,14 +78,20 @@ def sample(server: ServerProcess) -> tuple[float, int]:
     return rss, fds
 
 
+def fds_settle(server: ServerProcess, bound: int, timeout: float) -> int:
+    """The server's open fds once at most ``bound`` (or after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while (fds := sample(server)[1]) > bound and time.monotonic() < deadline:
+        time.sleep(0.5)  # the server closes sockets on its own schedule: poll /proc
+    return fds
+
+
 async def every(interval: float, stop: asyncio.Event, action: Any) -> None:
     """Run ``action()`` every ``interval`` seconds until ``stop``."""
     while not stop.is_set():
         await action()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
-        except TimeoutError:
-            pass
 
 
 @pytest.mark.timeout(SECONDS + 600)
@@ -139,7 +146,10 @@ async def test_soak(server_process, tmp_path: Path) -> None:
     async def publish_socket() -> None:
         try:
             answer = await gateway.call(
-                "publish", locker_event(rng.randrange(1000), kiosk_id()), namespace=LOCKERS, timeout=10
+                "publish",
+                locker_event(rng.randrange(1000), kiosk_id()),
+                namespace=LOCKERS,
+                timeout=10,
             )
         except socketio.exceptions.TimeoutError:
             outcomes[f"socket no answer (connected={gateway.connected})"] += 1
@@ -155,7 +165,10 @@ async def test_soak(server_process, tmp_path: Path) -> None:
         kiosk = rng.choice(online)
         try:
             answer = await kiosk.sio.call(
-                "publish", locker_event(rng.randrange(1000), kiosk.sub), namespace=LOCKERS, timeout=10
+                "publish",
+                locker_event(rng.randrange(1000), kiosk.sub),
+                namespace=LOCKERS,
+                timeout=10,
             )
         except socketio.exceptions.SocketIOError:
             outcomes["kiosk dropped before the ack"] += 1  # it left on its own: not an ack
@@ -220,9 +233,7 @@ async def test_soak(server_process, tmp_path: Path) -> None:
     warm = [s for s in samples if s[0] >= WARM_UP]
     rss_warm = warm[0][1]
     growth = max(s[1] for s in warm) - rss_warm
-    deadline = time.monotonic() + 15
-    while (fds_end := sample(server)[1]) > fds_idle + FD_SLACK and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)  # the server closes sockets on its own schedule: poll /proc
+    fds_end = await asyncio.to_thread(fds_settle, server, fds_idle + FD_SLACK, 15.0)
     record(
         "soak",
         seconds=SECONDS,
