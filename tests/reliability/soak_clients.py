@@ -44,9 +44,12 @@ class Follower:
         self.violations: list[str] = []
         self.unrecovered = 0  # replay_complete with recovered false
         self.connects = 0
+        self.dropped = 0  # disconnects this client did not ask for (the server dropped it)
+        self._leaving = False
         self.changed = asyncio.Event()
         self.sio.on("locker_state_changed", self._on_event, namespace=LOCKERS)
         self.sio.on("replay_complete", self._on_complete, namespace=LOCKERS)
+        self.sio.on("disconnect", self._on_disconnect, namespace=LOCKERS)
         if self.cmd_sio is not None:
             self.cmd_sio.on("command", self._on_command, namespace=EVENTS)
 
@@ -68,6 +71,7 @@ class Follower:
             transports=["websocket"],
             wait_timeout=WAIT,
         )
+        self._leaving = False
         self.connects += 1
         if self.cmd_sio is not None:
             await self.cmd_sio.connect(
@@ -79,6 +83,7 @@ class Follower:
             )
 
     async def disconnect(self) -> None:
+        self._leaving = True
         await self.sio.disconnect()
         if self.cmd_sio is not None:
             await self.cmd_sio.disconnect()
@@ -86,6 +91,10 @@ class Follower:
     @property
     def connected(self) -> bool:
         return bool(self.sio.connected)
+
+    async def _on_disconnect(self, reason: Any = None) -> None:
+        if not self._leaving:
+            self.dropped += 1
 
     async def _on_event(self, event: dict[str, Any]) -> None:
         seq = event["seq"]

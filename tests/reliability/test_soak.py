@@ -244,6 +244,7 @@ async def test_soak(server_process, tmp_path: Path) -> None:
         kiosk_connects=sum(k.connects for k in kiosks),
         panel_connects=sum(p.connects for p in panels),
         connect_failures=connect_failures,
+        dropped_by_server=sum(f.dropped for f in kiosks + panels),
         outcomes=dict(sorted(outcomes.items())),
         lost=lost,
         duplicated=duplicated,
