@@ -125,7 +125,9 @@ async def test_soak(server_process, tmp_path: Path) -> None:
 
     async def publish_http(http: aiohttp.ClientSession) -> None:
         async with http.post(
-            f"{server.url}/api/events", json=locker_event(rng.randrange(1000), kiosk_id())
+            f"{server.url}/api/events",
+            json=locker_event(rng.randrange(1000), kiosk_id()),
+            headers=server.headers(),  # a fresh token: the soak outlives a token's 10 minutes
         ) as resp:
             body = await resp.json()
             outcomes[f"http {resp.status}"] += 1
@@ -188,7 +190,7 @@ async def test_soak(server_process, tmp_path: Path) -> None:
 
     churning = [asyncio.create_task(churn(k, stop, KIOSK_ONLINE)) for k in kiosks]
     churning += [asyncio.create_task(churn(p, stop, PANEL_ONLINE)) for p in panels]
-    async with aiohttp.ClientSession(headers=server.headers()) as http:
+    async with aiohttp.ClientSession() as http:
         loops = [
             asyncio.create_task(every(SAMPLE_EVERY, stop, take_sample)),
             asyncio.create_task(every(1 / RATE, stop, lambda: publish_http(http))),
