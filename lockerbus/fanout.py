@@ -113,20 +113,24 @@ class Sender:
         transport.abort()
         return True
 
-    def send(self, eio_sid: str, out: Outgoing) -> bool:
-        """Send ``out`` to ``eio_sid``; False when the socket is gone or over its limits."""
+    def send(self, eio_sid: str, out: Outgoing) -> bool | None:
+        """Send ``out`` to ``eio_sid``: True when sent or queued, False when the
+        connection is over its limits (a slow consumer), None when it is already
+        gone or closing (nothing to drop)."""
         if not self.fast:
             task = asyncio.ensure_future(self._eio.send_packet(eio_sid, out.packet))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
             return True
         socket = self._eio.sockets.get(eio_sid)
-        if socket is None or socket.closed:
-            return False
+        if socket is None or socket.closed or socket.closing:
+            return None
         queue = socket.queue
         transport = self._transports.get(socket)
         if transport is not None:
-            if transport.is_closing() or transport.get_write_buffer_size() > self._max_buffer:
+            if transport.is_closing():
+                return None
+            if transport.get_write_buffer_size() > self._max_buffer:
                 return False
             # The writer waits in queue.get() only once it has written all it took,
             # so with nothing queued a frame written now is in order.

@@ -250,7 +250,7 @@ class LockerbusServer(HookedAsyncServer):
     def send_ack(self, eio_sid: str, namespace: str, ack_id: Any, answer: dict[str, Any]) -> bool:
         """Acks go the broadcasts' way: orjson, and the frame fast path (fanout.Sender)."""
         out = encode_ack(namespace, ack_id, answer)
-        return out is not None and self.sender.send(eio_sid, out)
+        return out is not None and self.sender.send(eio_sid, out) is True
 
     def malformed_packet(self, eio_sid: str, exc: Exception) -> None:
         server_logger.warning("closing eio_sid=%s: malformed packet: %.200s", eio_sid, exc)

@@ -57,3 +57,23 @@ async def test_broadcasts_take_the_direct_path_and_stay_in_order(server) -> None
         got = await client.wait_events(LOCKERS, "locker_state_changed", 200)
         assert [e["seq"] for e in got] == list(range(1, 201))
     assert sender.direct - before >= 3 * 100, "most deliveries should skip the writer task"
+
+
+async def test_a_connection_already_closing_is_not_a_slow_consumer(server) -> None:
+    """An event for a socket that is closing (its client is leaving) is skipped, not
+    counted and dropped as a slow consumer."""
+    sender, hub = server.app[GATEWAY].sender, server.app[GATEWAY].hub
+    leaving = await connect(server, LOCKERS, sub="panel-leaving", auth={"replay": False})
+    await leaving.wait_events(LOCKERS, "replay_complete", 1)
+    staying = await connect(server, LOCKERS, sub="panel-staying", auth={"replay": False})
+    await staying.wait_events(LOCKERS, "replay_complete", 1)
+    socket = sender._eio.sockets[leaving.sio.eio.sid]  # the server side of its Engine.IO socket
+    socket.closing = True  # what Engine.IO sets while the client's close is under way
+    try:
+        publisher = await connect(server, LOCKERS, role="gateway", auth={"replay": False})
+        ack = await publisher.call("publish", locker_event(1), LOCKERS)
+        assert ack["ok"], ack
+        await staying.wait_events(LOCKERS, "locker_state_changed", 1)
+        assert hub.overflowed == []
+    finally:
+        socket.closing = False

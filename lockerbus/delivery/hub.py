@@ -29,7 +29,9 @@ class Sender(Protocol):
 
     def encode(self, namespace: str, name: str, payload: Any) -> Any: ...
 
-    def send(self, eio_sid: str, out: Any) -> bool: ...
+    def send(self, eio_sid: str, out: Any) -> bool | None:
+        """True: sent or queued; False: over its limits (dropped as a slow consumer);
+        None: the connection is already gone or closing."""
 
     def abort(self, eio_sid: str) -> bool: ...
 
@@ -149,14 +151,16 @@ class Hub:
             return  # already sent, or covered by its replay (an instance can lag its store)
         if not out:
             out.append(self._sender.encode(event["namespace"], event["type"], event))
-        if self._sender.send(conn.eio_sid, out[0]):
+        sent = self._sender.send(conn.eio_sid, out[0])
+        if sent:
             conn.last_seq = seq
-        else:
+        elif sent is False:
             self._overflow(conn)
 
     def send(self, conn: Connection, name: str, payload: Any) -> None:
         """Queue one event for one connection."""
-        if not self._sender.send(conn.eio_sid, self._sender.encode(conn.namespace, name, payload)):
+        out = self._sender.encode(conn.namespace, name, payload)
+        if self._sender.send(conn.eio_sid, out) is False:
             self._overflow(conn)
 
     def _overflow(self, conn: Connection) -> None:
