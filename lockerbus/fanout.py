@@ -29,9 +29,11 @@ from engineio import packet as eio_packet
 from .sio_adapter import fast_path_available, track_websockets, writer_idle
 
 #: Turns of the event loop a direct write waits for others to join it: it goes
-#: once QUIET_ROUNDS turns in a row brought no frame, at the latest after FLUSH_ROUNDS.
+#: once QUIET_ROUNDS turns in a row brought no frame, at the latest after
+#: FLUSH_ROUNDS turns or FLUSH_SECONDS (turns are long when the loop is busy).
 FLUSH_ROUNDS = 64
 QUIET_ROUNDS = 8
+FLUSH_SECONDS = 0.003
 
 
 class Outgoing:
@@ -97,6 +99,7 @@ class Sender:
         self._quiet = 0
         self._frames = 0  # frames batched since the last flush
         self._seen = 0  # ... as counted at the previous round
+        self._due = 0.0  # loop time by which the batched frames go out
         if self.fast:
             track_websockets(eio, self._transports)
 
@@ -159,7 +162,9 @@ class Sender:
             frames.append(frame)
             return
         if not self._batched:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            self._due = loop.time() + FLUSH_SECONDS
+            loop.call_soon(self._flush)
         self._batched[transport] = [frame]
 
     def _flush(self) -> None:
@@ -169,9 +174,11 @@ class Sender:
         self._quiet = self._quiet + 1 if self._frames == self._seen else 0
         self._seen = self._frames
         if self._rounds < FLUSH_ROUNDS and self._quiet < QUIET_ROUNDS:
-            self._rounds += 1
-            asyncio.get_running_loop().call_soon(self._flush)
-            return
+            loop = asyncio.get_running_loop()
+            if loop.time() < self._due:
+                self._rounds += 1
+                loop.call_soon(self._flush)
+                return
         self._rounds = self._quiet = self._frames = self._seen = 0
         batched, self._batched = self._batched, {}
         for transport, frames in batched.items():
