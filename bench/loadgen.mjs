@@ -30,6 +30,7 @@
 // "result" | "error", ...}. scripts/bench samples the server when it reads them.
 
 import { readFileSync } from "node:fs";
+import { Agent, request } from "node:http";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
@@ -485,30 +486,58 @@ async function main() {
     const events = Array.from({ length: items }, (_, i) => ({ type: cfg.type, data: makeData(first + i, t, cfg.kiosks) }));
     const path = cfg.mode === "batch" ? "/api/events/batch" : "/api/events";
     const body = JSON.stringify(cfg.mode === "batch" ? { events } : events[0]);
-    fetch(`${cfg.origin}${path}`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${pubToken}`, "content-type": "application/json" },
-      body,
-      signal: AbortSignal.timeout(cfg.ackTimeout),
-    })
-      .then(async (res) => {
-        const answer = await res.json().catch(() => null);
-        if (cfg.mode === "batch") {
-          const results = res.status === 200 && Array.isArray(answer?.results) ? answer.results : [];
-          for (let i = 0; i < items; i++) settle(first + i, t, results[i]?.ok === true, answer);
-        } else {
-          settle(first, t, res.status === 201, { status: res.status, ...answer });
-        }
-      })
-      .catch(() => {
-        ackTimeouts += items;
-      })
-      .finally(() => {
-        outstanding -= items;
-        if (running) refill();
-      });
+    // node:http with a keep-alive Agent, one socket per request in flight:
+    // fetch (undici) costs several times the CPU per request and saturated
+    // the generator before a fast server.
+    let done = false;
+    const finish = (fn) => {
+      if (done) return;
+      done = true;
+      fn();
+      outstanding -= items;
+      if (running) refill();
+    };
+    const req = request(
+      {
+        agent: httpAgent,
+        host: httpUrl.hostname,
+        port: httpUrl.port,
+        path,
+        method: "POST",
+        headers: {
+          authorization: `Bearer ${pubToken}`,
+          "content-type": "application/json",
+          "content-length": Buffer.byteLength(body),
+        },
+        timeout: cfg.ackTimeout,
+      },
+      (res) => {
+        const chunks = [];
+        res.on("data", (chunk) => chunks.push(chunk));
+        res.on("end", () =>
+          finish(() => {
+            let answer = null;
+            try {
+              answer = JSON.parse(Buffer.concat(chunks).toString());
+            } catch {}
+            if (cfg.mode === "batch") {
+              const results = res.statusCode === 200 && Array.isArray(answer?.results) ? answer.results : [];
+              for (let i = 0; i < items; i++) settle(first + i, t, results[i]?.ok === true, answer);
+            } else {
+              settle(first, t, res.statusCode === 201, { status: res.statusCode, ...answer });
+            }
+          }),
+        );
+        res.on("error", () => finish(() => (ackTimeouts += items)));
+      },
+    );
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.on("error", () => finish(() => (ackTimeouts += items)));
+    req.end(body);
   };
   const http = cfg.mode === "http" || cfg.mode === "batch";
+  const httpUrl = new URL(cfg.origin);
+  const httpAgent = new Agent({ keepAlive: true, maxSockets: cfg.window });
   const perRequest = cfg.mode === "batch" ? cfg.batch : 1;
   const refill = () => {
     if (http) {
@@ -590,6 +619,7 @@ async function main() {
   for (const worker of workers) worker.postMessage({ kind: "finish", acked: acked.bytes, published });
   await finished;
   publisher.close();
+  httpAgent.destroy();
 
   const latency = new Samples();
   const sum = (key) => results.reduce((a, r) => a + r[key], 0);

@@ -28,8 +28,12 @@ from engineio import packet as eio_packet
 
 from .sio_adapter import fast_path_available, track_websockets, writer_idle
 
-#: Turns of the event loop a direct write waits for others to join it.
-FLUSH_ROUNDS = 16
+#: Turns of the event loop a direct write waits for others to join it: it goes
+#: once QUIET_ROUNDS turns in a row brought no frame, at the latest after
+#: FLUSH_ROUNDS turns or FLUSH_SECONDS (turns are long when the loop is busy).
+FLUSH_ROUNDS = 64
+QUIET_ROUNDS = 8
+FLUSH_SECONDS = 0.003
 
 
 class Outgoing:
@@ -92,6 +96,10 @@ class Sender:
         #: end with one write each, so a burst of acks and broadcasts costs one syscall
         self._batched: dict[Any, list[bytes]] = {}
         self._rounds = 0
+        self._quiet = 0
+        self._frames = 0  # frames batched since the last flush
+        self._seen = 0  # ... as counted at the previous round
+        self._due = 0.0  # loop time by which the batched frames go out
         if self.fast:
             track_websockets(eio, self._transports)
 
@@ -152,22 +160,30 @@ class Sender:
         Still in order: while frames wait here, a packet Engine.IO's writer
         could take must wait too, so :meth:`send` queues nothing behind them.
         """
+        self._frames += 1
         frames = self._batched.get(transport)
         if frames is not None:
             frames.append(frame)
             return
         if not self._batched:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            self._due = loop.time() + FLUSH_SECONDS
+            loop.call_soon(self._flush)
         self._batched[transport] = [frame]
 
     def _flush(self) -> None:
         # Engine.IO reads one message per turn of the loop: waiting a few turns (each
-        # a few µs when idle) lets a busy connection's acks and events share a write.
-        if self._rounds < FLUSH_ROUNDS:
-            self._rounds += 1
-            asyncio.get_running_loop().call_soon(self._flush)
-            return
-        self._rounds = 0
+        # a few µs when idle) lets a busy connection's acks and events share a write;
+        # while frames keep coming it waits longer, when they stop it writes soon.
+        self._quiet = self._quiet + 1 if self._frames == self._seen else 0
+        self._seen = self._frames
+        if self._rounds < FLUSH_ROUNDS and self._quiet < QUIET_ROUNDS:
+            loop = asyncio.get_running_loop()
+            if loop.time() < self._due:
+                self._rounds += 1
+                loop.call_soon(self._flush)
+                return
+        self._rounds = self._quiet = self._frames = self._seen = 0
         batched, self._batched = self._batched, {}
         for transport, frames in batched.items():
             if not transport.is_closing():

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
+from collections.abc import Callable
 
 import pytest
 from engineio import packet as eio_packet
 
 from lockerbus.app import GATEWAY, METRICS
-from lockerbus.fanout import Outgoing, encode_event
+from lockerbus.fanout import (
+    FLUSH_ROUNDS,
+    FLUSH_SECONDS,
+    QUIET_ROUNDS,
+    Outgoing,
+    Sender,
+    encode_event,
+)
 from lockerbus.metrics import totals
 from tests.support import connect, locker_event
 
@@ -82,3 +91,66 @@ async def test_a_connection_already_closing_is_not_a_slow_consumer(server) -> No
         assert totals(server.app[METRICS].slow_consumers).get(LOCKERS, 0) == 0
     finally:
         socket.closed = False
+
+
+class RecordingTransport:
+    """Stands in for a TCP transport: records each write and the loop turn it came in."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, bytes]] = []
+        self.turn = 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append((self.turn, data))
+
+
+async def count_turns(
+    transport: RecordingTransport, turns: int, each: Callable[[int], None] | None = None
+) -> None:
+    for _ in range(turns):
+        await asyncio.sleep(0)
+        transport.turn += 1
+        if each is not None:
+            each(transport.turn)
+
+
+async def test_a_burst_goes_in_one_write_in_order_soon_after_it_stops() -> None:
+    sender = Sender(object(), max_queue=10)
+    transport = RecordingTransport()
+    for n in range(5):
+        sender._write(transport, b"%d" % n)
+    await count_turns(transport, 4 * QUIET_ROUNDS)
+    assert [data for _, data in transport.writes] == [b"01234"]
+    turn, _ = transport.writes[0]
+    assert turn <= QUIET_ROUNDS + 2, "a burst that stopped waits only a few quiet turns"
+
+
+async def test_a_steady_stream_is_written_at_the_latest_after_flush_rounds() -> None:
+    sender = Sender(object(), max_queue=10)
+    transport = RecordingTransport()
+    await count_turns(
+        transport, 3 * FLUSH_ROUNDS, lambda turn: sender._write(transport, b"%d," % turn)
+    )
+    assert len(transport.writes) >= 2, "frames that keep coming are not held forever"
+    first_turn = transport.writes[0][0]
+    assert first_turn <= FLUSH_ROUNDS + 2
+    written = b"".join(data for _, data in transport.writes)
+    numbers = [int(x) for x in written.decode().strip(",").split(",")]
+    assert numbers == sorted(numbers) and numbers[0] == 1
+
+
+async def test_a_busy_loop_writes_within_flush_seconds() -> None:
+    sender = Sender(object(), max_queue=10)
+    transport = RecordingTransport()
+    sender._write(transport, b"x")
+
+    def busy(turn: int) -> None:
+        time.sleep(FLUSH_SECONDS / 4)  # long turns: the time cap ends the wait
+        sender._write(transport, b"y")
+
+    await count_turns(transport, 16, busy)
+    assert transport.writes, "written within 16 long turns"
+    assert transport.writes[0][0] < 16 < FLUSH_ROUNDS
