@@ -192,6 +192,19 @@ async def close_clients() -> None:
             await client.sio.disconnect()
 
 
+def help_requested(n: int) -> dict[str, Any]:
+    """A publish of an open, high-priority help request ``n`` at kiosk-1."""
+    data = {
+        "id": n,
+        "kiosk_id": "kiosk-1",
+        "category": "other",
+        "status": "open",
+        "created_at": "2026-11-26T19:00:00Z",
+        "priority": "high",
+    }
+    return {"type": "help_requested", "data": data}
+
+
 def locker_event(n: int, kiosk: str = "kiosk-1") -> dict[str, Any]:
     """A valid locker_state_changed publish payload; states alternate so they differ."""
     old, new = ("closed", "open") if n % 2 == 0 else ("open", "closed")

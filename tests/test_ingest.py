@@ -17,7 +17,14 @@ from lockerbus.errors import LockerbusError
 from lockerbus.metrics import Metrics
 from lockerbus.service import EventService
 from lockerbus.store.memory import MemoryEventStore
-from tests.support import close_clients, connect, locker_event, post_event, start_server
+from tests.support import (
+    close_clients,
+    connect,
+    help_requested,
+    locker_event,
+    post_event,
+    start_server,
+)
 
 LOCKERS = "/ws/lockers"
 
@@ -262,18 +269,6 @@ async def test_no_text_in_a_publish_is_a_store_failure(field: str, text: str) ->
             assert error.fields
 
 
-def _help_requested(n: int) -> dict[str, Any]:
-    data = {
-        "id": n,
-        "kiosk_id": "kiosk-1",
-        "category": "other",
-        "status": "open",
-        "created_at": "2026-11-26T19:00:00Z",
-        "priority": "high",
-    }
-    return {"type": "help_requested", "data": data}
-
-
 @pytest.mark.parametrize(
     "backend", ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.needs_redis)]
 )
@@ -290,7 +285,7 @@ async def test_a_resent_help_request_is_a_duplicate_not_a_state_conflict(
 
         store = f"{shared_url()}?prefix=help-{tmp_path.name}"
     server = await server_factory(store=store)
-    payload = with_id(_help_requested(5))
+    payload = with_id(help_requested(5))
     status, stored = await server.post_event(http, payload)
     assert status == 201
     status, again = await server.post_event(http, payload)
@@ -298,7 +293,7 @@ async def test_a_resent_help_request_is_a_duplicate_not_a_state_conflict(
     gateway = await connect(server, "/ws/help", role="gateway", auth={"replay": False})
     ack = await gateway.call("publish", payload, "/ws/help")
     assert ack == {"ok": True, "event": stored, "duplicate": True}
-    fresh = with_id(_help_requested(5))  # the open request again under a new id
+    fresh = with_id(help_requested(5))  # the open request again under a new id
     status, body = await post_batch(server, http, {"events": [payload, fresh, locker_event(0)]})
     assert status == 200
     results = body["results"]

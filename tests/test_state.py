@@ -11,7 +11,7 @@ import pytest
 
 from tests.processes import ServerProcess
 from tests.redis_support import RedisServer
-from tests.support import connect
+from tests.support import connect, help_requested
 
 LOCKERS = "/ws/lockers"
 
@@ -22,18 +22,6 @@ def change(locker: str, new: str, kiosk: str = "kiosk-1") -> dict[str, Any]:
         "type": "locker_state_changed",
         "data": {"lockerId": locker, "oldState": old, "newState": new, "kioskId": kiosk},
     }
-
-
-def help_requested(n: int) -> dict[str, Any]:
-    data = {
-        "id": n,
-        "kiosk_id": "kiosk-1",
-        "category": "other",
-        "status": "open",
-        "created_at": "2026-11-26T19:00:00Z",
-        "priority": "high",
-    }
-    return {"type": "help_requested", "data": data}
 
 
 def help_moved(n: int, old: str, new: str, agent: str) -> dict[str, Any]:
