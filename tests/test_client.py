@@ -255,6 +255,20 @@ async def test_disk_queue_survives_a_restart_of_the_client(http, tmp_path: Path)
         await server.stop()
 
 
+async def test_close_returns_promptly_every_time(server) -> None:
+    # a close used to tell python-engineio to disconnect twice at once (once from
+    # close(), once from the link's own loop); the second call took the write
+    # loop's stop sentinel and the close then hung for a ping interval (~30 s)
+    for _ in range(10):
+        client = LockerbusClient(server.url, server.token("panel", "p1"))
+        await client.start()
+        await client.wait_live()
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(client.close(), 5)  # cut short if it hangs (it swallows the cancel)
+        assert asyncio.get_running_loop().time() - started < 4
+        assert all(link.sio is None or not link.sio.connected for link in client.links.values())
+
+
 async def test_refused_token_stops_at_start(server) -> None:
     client = LockerbusClient(server.url, "not-a-token", namespaces=["/ws/help"])
     with pytest.raises(ConnectionRefused) as info:

@@ -124,8 +124,7 @@ class LockerbusClient(Publisher):
             return
         self.closing = True
         self._closed.set()
-        for link in self.links.values():
-            await link.close()
+        await asyncio.gather(*(link.close() for link in self.links.values()))
         tasks = [link.task for link in self.links.values() if link.task] + self._tasks
         for task in tasks:
             task.cancel()

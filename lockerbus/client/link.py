@@ -42,6 +42,10 @@ class Link:
         #: the latest state loaded after a ``recovered: false`` (see client.state)
         self.state: dict[str, Any] | None = None
         self._rebuilds: set[asyncio.Task[None]] = set()
+        # python-engineio must not be told to disconnect twice at once: the
+        # second call drains the send queue, taking the stop sentinel meant for
+        # the write loop, and the first then waits out a ping interval (~30 s)
+        self._closing_sio = asyncio.Lock()
 
     def auth(self) -> dict[str, Any]:
         auth: dict[str, Any] = {"token": self.client.token()}
@@ -184,7 +188,7 @@ class Link:
                     )
             self.client._wake_sender()
             await self._gone.wait()
-            await self._close_sio(sio)
+            await self._close(sio)
             if not self.client.closing:
                 # a connection that is dropped soon after it was made (a server
                 # that keeps refusing us work) backs off further each time
@@ -200,19 +204,19 @@ class Link:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.client._closed.wait(), seconds)
 
-    @staticmethod
-    async def _close_sio(sio: socketio.AsyncClient) -> None:
-        with contextlib.suppress(Exception):
-            await sio.disconnect()
-        with contextlib.suppress(Exception):
-            await sio.eio.disconnect()
+    async def _close(self, sio: socketio.AsyncClient) -> None:
+        async with self._closing_sio:
+            with contextlib.suppress(Exception):
+                await sio.disconnect()
+            with contextlib.suppress(Exception):
+                await sio.eio.disconnect()
 
     async def close(self) -> None:
         for task in list(self._rebuilds):
             task.cancel()
         self._gone.set()
         if self.sio is not None:
-            await self._close_sio(self.sio)
+            await self._close(self.sio)
 
 
 def _session_trusting(ca_file: str) -> Any:
