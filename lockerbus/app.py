@@ -20,6 +20,7 @@ from .bus import EventBus
 from .commands import CommandService
 from .config import Settings
 from .delivery import Background, Broadcaster, CatchUp, Hub
+from .errors import LockerbusError
 from .events import NAMESPACES
 from .http import Handler, HttpApi, errors_middleware
 from .kiosk_link import SocketKioskLink
@@ -171,6 +172,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         [
             _store_context(store),
             _presence_context(presence, hub),
+            _kiosks_context(kiosks, store),
             _claims_context(cluster.claims if cluster is not None else None),
             _relay_context(relay, sio),
             _sockets_context(sockets, store, settings),
@@ -253,6 +255,23 @@ def _presence_context(presence: Presence | None, hub: Hub) -> Context:
         finally:
             await tasks.close()
             await presence.close()
+
+    return context
+
+
+def _kiosks_context(kiosks: KioskTracker, store: EventStore) -> Context:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        try:
+            known = await kiosks.recover(store)
+            app_logger.info("kiosk presence: %d kiosks known from history", known)
+        except LockerbusError as exc:  # presence in Redis away: start anyway
+            app_logger.warning("kiosk presence: history not read: %s", exc)
+        tasks = Background()
+        tasks.spawn(kiosks.sweep_forever())
+        try:
+            yield
+        finally:
+            await tasks.close()
 
     return context
 

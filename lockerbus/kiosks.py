@@ -14,13 +14,18 @@ instance's connections.
   publishes ``status: "offline", health_score: 0``.  It stays online meanwhile.
 * Each announcement is *claimed* first (:meth:`KioskBook.claim`, atomic in the
   book), so with several instances it is published once, not once per instance.
+* A connection can also end with no close seen: its instance crashed, or this
+  one restarted (its in-memory book then starts from the store's history, see
+  :meth:`KioskTracker.recover`).  A periodic sweep announces offline a kiosk
+  announced online that no instance holds and no grace wait here is watching,
+  once it has stayed so for the grace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -28,8 +33,9 @@ from typing import Any, Final, Protocol
 from .bus import EventBus
 from .delivery import Background
 from .errors import LockerbusError
-from .events import Event
+from .events import EVENTS_NS, Event
 from .log import server_logger
+from .store import EventStore
 
 DEFAULT_GRACE_SECONDS: Final = 30.0
 ONLINE: Final = "online"
@@ -63,6 +69,49 @@ class KioskBook(Protocol):
     async def listing(self) -> list[dict[str, Any]]:
         """``{kioskId, connections, last_seen (POSIX s), announced, status, health_score}``
         of every kiosk ever seen."""
+
+    async def remember(
+        self,
+        kiosk_id: str,
+        *,
+        last_seen: float,
+        announced: str | None,
+        status: str | None,
+        health_score: float | None,
+    ) -> None:
+        """Record a kiosk known from the store's history, unless the book knows it."""
+
+
+@dataclass(frozen=True, slots=True)
+class KnownKiosk:
+    """What the store's history says of a kiosk: its latest status and announcement."""
+
+    last_seen: float
+    announced: str | None = None
+    status: str | None = None
+    health_score: float | None = None
+
+
+def known_kiosks(history: Iterable[Event]) -> dict[str, KnownKiosk]:
+    """Each kiosk's latest ``system_status`` (and latest server announcement), by kiosk id,
+    from events oldest first."""
+    known: dict[str, KnownKiosk] = {}
+    for event in history:
+        kiosk_id = (event.get("tags") or {}).get("kiosk")
+        if event.get("type") != "system_status" or not isinstance(kiosk_id, str):
+            continue
+        data = event["data"]
+        before = known.get(kiosk_id)
+        announcement = (
+            data["component"] == "kiosk" and (event.get("source") or {}).get("role") == "server"
+        )
+        known[kiosk_id] = KnownKiosk(
+            last_seen=datetime.fromisoformat(event["timestamp"]).timestamp(),
+            announced=data["status"] if announcement else (before.announced if before else None),
+            status=data["status"],
+            health_score=float(data["health_score"]),
+        )
+    return known
 
 
 @dataclass(slots=True)
@@ -108,6 +157,18 @@ class LocalBook:
     async def note_status(self, kiosk_id: str, status: str, health_score: float) -> None:
         kiosk = self._get(kiosk_id)
         kiosk.status, kiosk.health_score = status, health_score
+
+    async def remember(
+        self,
+        kiosk_id: str,
+        *,
+        last_seen: float,
+        announced: str | None,
+        status: str | None,
+        health_score: float | None,
+    ) -> None:
+        if kiosk_id not in self._kiosks:
+            self._kiosks[kiosk_id] = _Kiosk(set(), last_seen, announced, status, health_score)
 
     async def listing(self) -> list[dict[str, Any]]:
         return [
@@ -167,6 +228,8 @@ class KioskTracker:
         #: bumped by every connection and disconnection: a grace wait that sees it
         #: changed knows the kiosk came back meanwhile
         self._generation: dict[str, int] = {}
+        self._waiting: dict[str, int] = {}  # kiosk -> grace waits running here
+        self._orphaned: dict[str, float] = {}  # kiosk -> when a sweep first saw it unheld
 
     # -- the edges call these (no await: they spawn) --------------------------------
 
@@ -198,6 +261,53 @@ class KioskTracker:
             )
         return kiosks
 
+    async def recover(self, store: EventStore, page_size: int = 1000) -> int:
+        """Seed the book with the kiosks the store's /ws/events history knows; how many.
+
+        A single instance's book lives in memory: after a restart it would
+        forget every kiosk, and one that never comes back would stay
+        announced online.  Kiosks the book already knows are left as they are.
+        """
+        history: list[Event] = []
+        after = 0
+        while True:
+            page = await store.page(EVENTS_NS, after_seq=after, limit=page_size)
+            history.extend(page.events)
+            if not page.has_more or not page.events:
+                break
+            after = int(page.events[-1]["seq"])
+        known = known_kiosks(history)
+        for kiosk_id, kiosk in known.items():
+            await self._book.remember(
+                kiosk_id,
+                last_seen=kiosk.last_seen,
+                announced=kiosk.announced,
+                status=kiosk.status,
+                health_score=kiosk.health_score,
+            )
+        return len(known)
+
+    async def sweep(self) -> None:
+        """Announce offline each kiosk announced online that no instance holds and no
+        grace wait here watches, once a sweep has seen it so for ``grace_seconds``."""
+        now = self._clock()
+        for entry in await self._book.listing():
+            kiosk_id = str(entry["kioskId"])
+            if entry["connections"] or entry["announced"] != ONLINE or self._waiting.get(kiosk_id):
+                self._orphaned.pop(kiosk_id, None)
+                continue
+            if now - self._orphaned.setdefault(kiosk_id, now) < self.grace_seconds:
+                continue
+            self._orphaned.pop(kiosk_id, None)
+            await self._offline_unless_held(kiosk_id)
+
+    async def sweep_forever(self) -> None:
+        """Background task: :meth:`sweep` every half grace (at most every 5 s)."""
+        period = max(0.05, min(self.grace_seconds / 2, 5.0))
+        while True:
+            await asyncio.sleep(period)
+            await _quietly(self.sweep())
+
     # -- internals ----------------------------------------------------------------
 
     def _bump(self, kiosk_id: str) -> int:
@@ -219,9 +329,18 @@ class KioskTracker:
             left = await self._book.closed(kiosk_id, sid, self._clock())
         if left:
             return
-        await asyncio.sleep(self.grace_seconds)
+        self._waiting[kiosk_id] = self._waiting.get(kiosk_id, 0) + 1
+        try:
+            await asyncio.sleep(self.grace_seconds)
+        finally:
+            self._waiting[kiosk_id] -= 1
+            if not self._waiting[kiosk_id]:
+                del self._waiting[kiosk_id]
         if self._generation.get(kiosk_id) != generation:
             return  # it came back (or went again) here meanwhile: that one decides
+        await self._offline_unless_held(kiosk_id)
+
+    async def _offline_unless_held(self, kiosk_id: str) -> None:
         async with self._lock(kiosk_id):
             if await self._book.count(kiosk_id) == 0 and await self._book.claim(kiosk_id, OFFLINE):
                 await self._announce(kiosk_id, OFFLINE, 0)

@@ -167,6 +167,29 @@ class Presence:
             raise PresenceError(str(exc)) from exc
         return listed
 
+    async def remember(
+        self,
+        kiosk_id: str,
+        *,
+        last_seen: float,
+        announced: str | None,
+        status: str | None,
+        health_score: float | None,
+    ) -> None:
+        """Record a kiosk known from the store's history, unless Redis knows it."""
+        fields: dict[str, str | None] = {
+            "last_seen": repr(last_seen),
+            "announced": announced,
+            "status": status,
+            "health_score": None if health_score is None else repr(health_score),
+        }
+        try:
+            if await self._redis.sadd(f"{self._prefix}:kiosks", kiosk_id):
+                mapping: dict[Any, Any] = {k: v for k, v in fields.items() if v is not None}
+                await self._redis.hset(f"{self._prefix}:kinfo:{kiosk_id}", mapping=mapping)
+        except (RedisError, OSError) as exc:
+            raise PresenceError(str(exc)) from exc
+
     async def heartbeat(self, connections: dict[str, int]) -> None:
         """Say this instance is alive, with its connection counts; re-record its kiosks
         if Redis lost them (restarted without persistence)."""

@@ -22,13 +22,14 @@ def test_one_cleanup_context_per_resource_in_order() -> None:
     assert names == [
         "_store_context",
         "_presence_context",
+        "_kiosks_context",
         "_claims_context",
         "_relay_context",
         "_sockets_context",
     ]
 
 
-@pytest.mark.parametrize("fail_at", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("fail_at", [1, 2, 3, 4, 5, 6])
 async def test_a_failure_while_starting_closes_what_was_already_open(fail_at: int) -> None:
     store = open_store("memory", StoreOptions())
     app = create_app(Settings(secret=SECRET), store=store)

@@ -151,3 +151,67 @@ async def test_across_instances_offline_only_when_none_holds_it_and_once(
         assert {k["kioskId"]: k["online"] for k in body["kiosks"]}["kiosk-5"] is False
     finally:
         await asyncio.gather(a.stopped(), b.stopped())
+
+
+async def test_a_restart_remembers_kiosks_and_announces_the_ones_that_never_return(
+    tmp_path: Path, http
+) -> None:
+    # the single instance's presence book is in memory: after a crash it is seeded
+    # from the store's history, and a kiosk that does not come back is announced
+    # offline once the grace has passed (it would otherwise stay online forever)
+    server = ServerProcess(
+        store=f"sqlite:///{tmp_path / 'events.db'}",
+        log_path=tmp_path / "server.log",
+        env={"LOCKERBUS_KIOSK_OFFLINE_GRACE_SECONDS": str(GRACE)},
+    )
+    await server.started()
+    try:
+        panel = await watcher(server)
+        gone = await connect(server, EVENTS, role="kiosk", sub="kiosk-gone")
+        back = await connect(server, EVENTS, role="kiosk", sub="kiosk-back")
+        await panel.wait_for(lambda: len(panel.events(EVENTS, "system_status")) == 2)
+        await asyncio.to_thread(server.kill)
+        for client in (panel, gone, back):
+            await client.close()
+        await server.started()
+        panel = await watcher(server)
+        again = await connect(server, EVENTS, role="kiosk", sub="kiosk-back")
+        await panel.wait_for(lambda: ("offline", 0) in announcements(panel, "kiosk-gone"), 10)
+        assert announcements(panel, "kiosk-gone") == [("offline", 0)]
+        assert announcements(panel, "kiosk-back") == [], "still announced online: not again"
+        _, body = await kiosks(server, http)
+        listed = {k["kioskId"]: (k["online"], k["connections"]) for k in body["kiosks"]}
+        assert listed == {"kiosk-gone": (False, 0), "kiosk-back": (True, 1)}
+        await again.close()
+        await panel.wait_for(lambda: ("offline", 0) in announcements(panel, "kiosk-back"), 10)
+    finally:
+        await server.stopped()
+
+
+@pytest.mark.needs_redis
+@pytest.mark.slow
+async def test_a_crashed_instances_kiosks_are_announced_offline_by_another(
+    redis_server: RedisServer, tmp_path: Path, http
+) -> None:
+    env = {
+        "LOCKERBUS_MESSAGE_QUEUE": redis_server.url,
+        "LOCKERBUS_KIOSK_OFFLINE_GRACE_SECONDS": str(GRACE),
+    }
+    a, b = (
+        ServerProcess(store=redis_server.url, log_path=tmp_path / f"{i}.log", env=env)
+        for i in range(2)
+    )
+    await asyncio.gather(a.started(), b.started())
+    try:
+        panel = await watcher(b)
+        kiosk = await connect(a, EVENTS, role="kiosk", sub="kiosk-3")
+        await panel.wait_for(lambda: announcements(panel, "kiosk-3") == [("online", 100)])
+        await asyncio.to_thread(a.kill)  # no close reaches b; a's heartbeat just stops
+        await kiosk.close()
+        # a's entries count until its heartbeat key expires (presence TTL), then the grace
+        await panel.wait_for(lambda: len(announcements(panel, "kiosk-3")) == 2, timeout=30)
+        assert announcements(panel, "kiosk-3") == [("online", 100), ("offline", 0)]
+        _, body = await kiosks(b, http)
+        assert [(k["kioskId"], k["online"]) for k in body["kiosks"]] == [("kiosk-3", False)]
+    finally:
+        await asyncio.gather(a.stopped(), b.stopped())
