@@ -71,10 +71,20 @@ async def sim_kiosk(
 
 
 async def open_console(
-    browser: Any, server: RunningServer, tok: str, query: str = "", width: int = 1280
+    browser: Any,
+    server: RunningServer,
+    tok: str,
+    query: str = "",
+    width: int = 1280,
+    route_websockets: Any = None,
 ) -> tuple[Any, list[str], list[str]]:
-    """The console signed in with ``tok``; also every Socket.IO frame the page receives."""
+    """The console signed in with ``tok``; also every Socket.IO frame the page receives.
+
+    ``route_websockets``, when given, handles the page's WebSockets (Playwright
+    ``route_web_socket``) from the start."""
     page = await browser.new_page(viewport={"width": width, "height": 900})
+    if route_websockets is not None:
+        await page.route_web_socket("**/socket.io/**", route_websockets)
     errors: list[str] = []
     frames: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
