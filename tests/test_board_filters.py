@@ -69,6 +69,36 @@ def socket_events(frames: list[str], namespace: str) -> list[dict[str, Any]]:
     return events
 
 
+class SubscribeGate:
+    """Routes a page's WebSockets; while ``holding``, the follow connection's
+    re-subscribes (``{locker: ...}`` filters) are held back until :meth:`release`."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.held: list[tuple[Any, str]] = []
+        self.seen = asyncio.Event()
+
+    def route(self, ws: Any) -> None:
+        upstream = ws.connect_to_server()
+
+        def to_server(message: str | bytes) -> None:
+            text = message if isinstance(message, str) else ""
+            if self.holding and '"subscribe"' in text and '"locker":' in text:
+                self.held.append((upstream, text))
+                self.seen.set()
+            else:
+                upstream.send(message)
+
+        ws.on_message(to_server)
+        upstream.on_message(ws.send)
+
+    def release(self) -> None:
+        self.holding = False
+        for upstream, text in self.held:
+            upstream.send(text)
+        self.held.clear()
+
+
 async def shown(page: Any, what: str) -> list[str]:
     attribute = {"locker": "data-locker", "help": "data-help"}[what]
     return list(
@@ -138,29 +168,12 @@ async def test_a_locker_entering_and_leaving_at_once_is_not_missed(server, http,
     """The exit happens before the follow connection's new filter is in force: the page
     holds its re-subscribe until then, so only the check over /api/events can bring it."""
     await publish(server, http, locker("kiosk-1", "A1", "closed", "error"))
-    holding: list[bool] = []
-    held: list[tuple[Any, str]] = []
-    seen_held = asyncio.Event()
-
-    def route(ws: Any) -> None:
-        upstream = ws.connect_to_server()
-
-        def to_server(message: str | bytes) -> None:
-            text = message if isinstance(message, str) else ""
-            if holding and '"subscribe"' in text and '"locker":' in text:
-                held.append((upstream, text))
-                seen_held.set()
-            else:
-                upstream.send(message)
-
-        ws.on_message(to_server)
-        upstream.on_message(ws.send)
-
+    gate = SubscribeGate()
     page, errors, _ = await open_console(
-        browser, server, token("panel", "op-1"), "?state=error", route_websockets=route
+        browser, server, token("panel", "op-1"), "?state=error", route_websockets=gate.route
     )
     assert await shown(page, "locker") == ["kiosk-1/A1"]
-    holding.append(True)
+    gate.holding = True
     entered, left = await publish(
         server,
         http,
@@ -169,11 +182,9 @@ async def test_a_locker_entering_and_leaving_at_once_is_not_missed(server, http,
     )
     # A2 is shown (the entry came on the main connection) and the follow
     # connection's re-subscribe is held: the exit has not reached the page
-    await asyncio.wait_for(seen_held.wait(), 5)
+    await asyncio.wait_for(gate.seen.wait(), 5)
     await page.locator('[data-locker="kiosk-1/A2"]').wait_for(timeout=5000)
-    holding.clear()
-    for upstream, text in held:
-        upstream.send(text)
+    gate.release()
     await page.locator('[data-locker="kiosk-1/A2"]').wait_for(state="detached", timeout=5000)
     stats = await page.evaluate("window.lockerbusFollowStats")
     assert stats["checks"] >= 1 and stats["reloads"] == 0
@@ -198,6 +209,41 @@ async def test_a_locker_entering_and_leaving_at_once_is_not_missed(server, http,
     )
     assert await shown(page, "locker") == ["kiosk-1/A1", "kiosk-2/B1"]
     assert last > left
+    assert errors == []
+
+
+async def test_an_entry_no_longer_held_reloads_the_snapshot(server_factory, http, browser) -> None:
+    """The entry is evicted (max_events 4) before the check reads it: the page cannot
+    tell what happened since, so it reloads /api/lockers and follows from there."""
+    server = await server_factory(max_events=4)
+    await publish(server, http, locker("kiosk-1", "A1", "closed", "error"))
+    gate = SubscribeGate()
+    page, errors, _ = await open_console(
+        browser, server, token("panel", "op-1"), "?state=error", route_websockets=gate.route
+    )
+    gate.holding = True
+    await publish(server, http, locker("kiosk-1", "A2", "closed", "error"))
+    await asyncio.wait_for(gate.seen.wait(), 5)
+    await page.locator('[data-locker="kiosk-1/A2"]').wait_for(timeout=5000)
+    # A2 leaves, then enough traffic of hidden lockers to evict its entry
+    await publish(
+        server,
+        http,
+        locker("kiosk-1", "A2", "error", "closed"),
+        *(
+            locker("kiosk-2", "B1", *states)
+            for states in [("open", "closed"), ("closed", "open")] * 3
+        ),
+    )
+    gate.release()
+    await page.locator('[data-locker="kiosk-1/A2"]').wait_for(state="detached", timeout=5000)
+    stats = await page.evaluate("window.lockerbusFollowStats")
+    assert stats["reloads"] == 1
+    await page.wait_for_selector('#mode[data-mode="live"]', timeout=10_000)
+    # followed again from the snapshot: A1 leaving still reaches the page
+    await publish(server, http, locker("kiosk-1", "A1", "error", "open"))
+    await page.locator('[data-locker="kiosk-1/A1"]').wait_for(state="detached", timeout=5000)
+    assert await shown(page, "locker") == []
     assert errors == []
 
 
