@@ -14,6 +14,7 @@ import pytest
 
 from tests.browser_support import chromium
 from tests.support import RunningServer, post_event
+from tests.test_board import drop_all
 from tests.test_board_console import help_event, open_console, token
 
 pytestmark = pytest.mark.needs_chromium
@@ -244,6 +245,40 @@ async def test_an_entry_no_longer_held_reloads_the_snapshot(server_factory, http
     await publish(server, http, locker("kiosk-1", "A1", "error", "open"))
     await page.locator('[data-locker="kiosk-1/A1"]').wait_for(state="detached", timeout=5000)
     assert await shown(page, "locker") == []
+    assert errors == []
+
+
+async def test_both_connections_resume_after_a_server_drop(server, http, browser) -> None:
+    await publish(
+        server,
+        http,
+        locker("kiosk-1", "A1", "closed", "error"),
+        locker("kiosk-1", "A2", "closed", "error"),
+    )
+    page, errors, _ = await open_console(browser, server, token("panel", "op-1"), "?state=error")
+    assert await shown(page, "locker") == ["kiosk-1/A1", "kiosk-1/A2"]
+    assert await drop_all(server, "/ws/lockers") == 2  # the main and the follow connection
+    await page.wait_for_selector('#status[data-status="reconnecting"]', timeout=5000)
+    # meanwhile A1 leaves, A3 enters and leaves, A4 enters
+    missed = await publish(
+        server,
+        http,
+        locker("kiosk-1", "A1", "error", "open"),
+        locker("kiosk-1", "A3", "closed", "error"),
+        locker("kiosk-1", "A3", "error", "closed"),
+        locker("kiosk-1", "A4", "closed", "error"),
+    )
+    await page.locator('[data-locker="kiosk-1/A4"]').wait_for(timeout=10_000)
+    await page.wait_for_selector('#mode[data-mode="live"]', timeout=10_000)
+    await page.wait_for_function(
+        "() => !document.querySelector('[data-locker=\"kiosk-1/A3\"]')", timeout=5000
+    )
+    assert await shown(page, "locker") == ["kiosk-1/A2", "kiosk-1/A4"]
+    for seq in missed:  # each once in the feed
+        assert await page.locator(f'#feed li[data-ns="/ws/lockers"][data-seq="{seq}"]').count() == 1
+    # and live again on both: A2 leaves
+    await publish(server, http, locker("kiosk-1", "A2", "error", "reserved"))
+    await page.locator('[data-locker="kiosk-1/A2"]').wait_for(state="detached", timeout=5000)
     assert errors == []
 
 
