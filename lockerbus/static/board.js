@@ -299,6 +299,8 @@
     || a.namespace.localeCompare(b.namespace) || b.seq - a.seq;
 
   function addToFeed(event) {
+    // the same event can come on two connections (and a follow.js read)
+    if (st.feed.some((o) => o.namespace === event.namespace && o.seq === event.seq && o.epoch === event.epoch)) return;
     const item = el("li", {
       "data-ns": event.namespace, "data-seq": event.seq, "data-type": event.type,
       "data-replayed": event.replayed === true, "data-timestamp": event.timestamp,
@@ -306,7 +308,6 @@
       el("time", { dateTime: event.timestamp }, localTime(event.timestamp)),
       el("span", { class: "type" }, event.type),
       el("span", {}, summary(event)));
-    if (st.feed.some((o) => o.namespace === event.namespace && o.seq === event.seq && o.epoch === event.epoch)) return;
     let at = st.feed.findIndex((other) => order(event, other) < 0);
     if (at < 0) at = st.feed.length;
     if (at >= FEED_MAX) return; // older than everything kept
