@@ -25,6 +25,7 @@ ASSETS: Final = {
     "board.html": "text/html; charset=utf-8",
     "board.js": "text/javascript; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
+    "follow.js": "text/javascript; charset=utf-8",
     "board.css": "text/css; charset=utf-8",
     "socket.io.min.js": "text/javascript; charset=utf-8",
 }

@@ -71,10 +71,20 @@ async def sim_kiosk(
 
 
 async def open_console(
-    browser: Any, server: RunningServer, tok: str, query: str = "", width: int = 1280
+    browser: Any,
+    server: RunningServer,
+    tok: str,
+    query: str = "",
+    width: int = 1280,
+    route_websockets: Any = None,
 ) -> tuple[Any, list[str], list[str]]:
-    """The console signed in with ``tok``; also every Socket.IO frame the page receives."""
+    """The console signed in with ``tok``; also every Socket.IO frame the page receives.
+
+    ``route_websockets``, when given, handles the page's WebSockets (Playwright
+    ``route_web_socket``) from the start."""
     page = await browser.new_page(viewport={"width": width, "height": 900})
+    if route_websockets is not None:
+        await page.route_web_socket("**/socket.io/**", route_websockets)
     errors: list[str] = []
     frames: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -104,8 +114,11 @@ async def test_command_and_kiosk_presence(server_factory, http, browser, tmp_pat
     await page.get_by_label("Locker for kiosk-1").focus()
     await page.get_by_label("Locker for kiosk-1").select_option("L1")
     await page.keyboard.press("Tab")
-    send = page.get_by_role("button", name="Send to kiosk-1")
-    assert await send.evaluate("b => b === document.activeElement")
+    # what has the focus, read in one step: the roster may be redrawn (focus kept) at any time
+    focused = await page.evaluate(
+        "[document.activeElement.tagName, document.activeElement.textContent]"
+    )
+    assert focused == ["BUTTON", "Send to kiosk-1"]
     await page.keyboard.press("Enter")
     done = page.locator('#commands li[data-target="kiosk-1/L1"][data-command-state="success"]')
     await done.wait_for(timeout=5000)

@@ -58,6 +58,7 @@ def test_wheel_holds_the_package_data_and_metadata(wheel: Path) -> None:
         "lockerbus/static/board.html",
         "lockerbus/static/board.js",
         "lockerbus/static/console.js",
+        "lockerbus/static/follow.js",
         "lockerbus/py.typed",
     ):
         assert needed in names

@@ -1,6 +1,7 @@
 // lockerbus fleet console: snapshots over HTTP, then live over Socket.IO from
 // each snapshot's last_seq (contract §6, §8, §11); commands (§5), help
-// workflow (§11), server-side filters (§10). No build step; `io` is socket.io-client.
+// workflow (§11), server-side filters (§10, with follow.js). No build step; `io` is
+// socket.io-client.
 (() => {
   "use strict";
 
@@ -11,18 +12,22 @@
   const PRIORITY = { urgent: 0, high: 1, medium: 2, low: 3 };
   const OPERATORS = new Set(["panel", "gateway", "admin"]); // may command, read /api/kiosks, update help
   const TOKEN_KEY = "lockerbus.token";
+  const FOLLOW = "#follow"; // socket key suffix of a namespace's follow connection (follow.js)
   const RETRY_FIRST_MS = 1000, RETRY_MAX_MS = 15000;
 
   const st = {
     token: null, claims: {},
-    lockers: new Map(),   // "kiosk/locker" -> {lockerId, kioskId, state, seq, timestamp}
-    help: new Map(),      // id -> open request
+    // items keep the seq and epoch of the last event folded into them, so events of
+    // two connections fold in seq order; items that left the view stay (hidden) for that
+    lockers: new Map(),   // "kiosk/locker" -> {lockerId, kioskId, state, seq, epoch, timestamp}
+    help: new Map(),      // id -> request (resolved ones hidden)
     kiosks: new Map(),    // kioskId -> /api/kiosks entry
-    pos: {},              // namespace -> {seq, epoch}: the last event folded in
-    buffered: {},         // namespace -> events held while a snapshot reloads
-    sockets: {},
-    status: {},           // namespace -> connected | reconnecting | disconnected
-    replaying: {},        // namespace -> true until replay_complete
+    floor: {},            // namespace -> {seq, epoch} of its snapshot: older events are in it
+    pos: {},              // socket key -> {seq, epoch}: where it resumes on reconnect
+    buffered: {},         // namespace -> [event, source] held while a snapshot reloads
+    sockets: {},          // socket key (namespace, or namespace + FOLLOW) -> socket
+    status: {},           // socket key -> connected | reconnecting | disconnected
+    replaying: {},        // socket key -> true until replay_complete
     reconnects: 0,
     filter: { kiosk: [], state: [], priority: [] },
     feed: [],             // events shown, newest first by timestamp
@@ -41,6 +46,9 @@
     return node;
   };
   const canOperate = () => OPERATORS.has(st.claims.role);
+  const followKey = (ns) => ns + FOLLOW;
+  const nsOf = (key) => key.replace(FOLLOW, "");
+  const newer = (a, b) => !b || a.epoch !== b.epoch || a.seq > b.seq; // position a past b?
   const localTime = (iso) => { const t = new Date(iso); return isNaN(t) ? "" : t.toLocaleTimeString(); };
 
   // -- token ------------------------------------------------------------------
@@ -64,6 +72,8 @@
     sessionStorage.removeItem(TOKEN_KEY);
     for (const socket of Object.values(st.sockets)) socket.disconnect();
     st.sockets = {};
+    st.status = {};
+    st.replaying = {};
     $("board").hidden = true;
     $("logout").hidden = true;
     $("login").hidden = false;
@@ -81,7 +91,7 @@
     return body;
   }
 
-  // -- filters (§10): kept in the URL, applied by the server ------------------
+  // -- filters (§10): kept in the URL, applied by the server (docs/console.md) ---
 
   function readFilter() {
     const params = new URLSearchParams(location.search);
@@ -95,18 +105,22 @@
     $("filter-summary").textContent = parts.length ? "Showing " + parts.join(", ") : "Showing everything";
   }
 
-  // The server filter of a namespace. Locker state and help priority are tags
-  // of the event entering a state only (§10), so a server filter on them would
-  // never deliver the event leaving it; they narrow the view here instead.
-  function serverFilter(ns) {
-    return st.filter.kiosk.length ? { kiosk: st.filter.kiosk } : null;
+  // The server filter of a socket: the main connection of a namespace gets the
+  // filter as chosen; a follow connection, the items shown (follow.js).
+  function serverFilter(key) {
+    if (key !== nsOf(key)) return follow.filter(nsOf(key));
+    const filter = st.filter.kiosk.length ? { kiosk: st.filter.kiosk } : {};
+    if (key === LOCKERS && st.filter.state.length) filter.state = st.filter.state;
+    if (key === HELP && st.filter.priority.length) filter.priority = st.filter.priority;
+    return Object.keys(filter).length ? filter : null;
   }
 
   function shown(kind, item) {
     const f = st.filter;
-    if (f.kiosk.length && !f.kiosk.includes(item.kioskId ?? item.kiosk_id)) return false;
+    const kiosk = item.kioskId ?? item.kiosk_id;
+    if (kiosk == null || (f.kiosk.length && !f.kiosk.includes(kiosk))) return false;
     if (kind === "locker" && f.state.length && !f.state.includes(item.state)) return false;
-    if (kind === "help" && f.priority.length && !f.priority.includes(item.priority)) return false;
+    if (kind === "help" && (item.status === "resolved" || (f.priority.length && !f.priority.includes(item.priority)))) return false;
     return true;
   }
 
@@ -123,18 +137,21 @@
 
   // -- state ------------------------------------------------------------------
 
+  // The routes take no filter but the token's scope: the rest is filtered here, once.
   async function loadSnapshot(ns) {
     const snap = await api(SNAPSHOT[ns]);
+    const epoch = snap.epoch;
     if (ns === LOCKERS) {
       st.lockers.clear();
-      for (const l of snap.lockers) st.lockers.set(l.kioskId + "/" + l.lockerId, l);
+      for (const l of snap.lockers) if (shown("locker", l)) st.lockers.set(l.kioskId + "/" + l.lockerId, { ...l, epoch });
       renderLockers();
     } else {
       st.help.clear();
-      for (const r of snap.help_requests) st.help.set(r.id, r);
+      for (const r of snap.help_requests) if (shown("help", r)) st.help.set(r.id, { ...r, epoch });
       renderHelp();
     }
-    st.pos[ns] = { seq: snap.last_seq, epoch: snap.epoch };
+    st.floor[ns] = { seq: snap.last_seq, epoch };
+    if (newer(st.floor[ns], st.pos[ns])) st.pos[ns] = { ...st.floor[ns] };
   }
 
   async function loadKiosks() {
@@ -151,47 +168,65 @@
   }
 
   // Reload a namespace's snapshot while its live events are held back, then
-  // let through only those the snapshot does not already reflect.
+  // let through only those the snapshot does not already reflect; a follow
+  // connection starts again from the snapshot.
   async function resync(ns) {
     if (st.buffered[ns]) return;
     st.buffered[ns] = [];
     setMode();
     try {
       await loadSnapshot(ns);
+      follow.reset(ns);
     } finally {
       const held = st.buffered[ns];
       delete st.buffered[ns];
-      for (const event of held) onEvent(ns, event);
+      // a socket replaced meanwhile (follow.reset) no longer moves its key's position
+      for (const [event, source, socket] of held) onEvent(ns, event, st.sockets[source] === socket ? source : "old");
       setMode();
     }
   }
 
-  function onEvent(ns, event) {
-    if (st.buffered[ns]) { st.buffered[ns].push(event); return; }
-    const pos = st.pos[ns];
-    if (pos && pos.epoch === event.epoch && event.seq <= pos.seq) return; // already shown
-    st.pos[ns] = { seq: event.seq, epoch: event.epoch };
-    fold(event);
-    addToFeed(event);
+  // `source`: the socket key it came on, "check" (follow.js read it over HTTP) or
+  // nothing (the ack of this page's own publish).
+  function onEvent(ns, event, source) {
+    if (st.buffered[ns]) { st.buffered[ns].push([event, source, st.sockets[source]]); return; }
+    const at = { seq: event.seq, epoch: event.epoch };
+    if (st.sockets[source]) {
+      if (!newer(at, st.pos[source])) return; // already had it (a replay after a resync)
+      st.pos[source] = at;
+    }
+    if (SNAPSHOT[ns] && !newer(at, st.floor[ns])) return; // the snapshot has it
+    if (fold(event, source === ns || source === undefined)) addToFeed(event);
   }
 
-  function fold(event) {
-    const d = event.data;
+  // The item an event is about, unless that is stale: an event of another connection
+  // with a greater seq came first. Only the main connection (and this page's own
+  // publishes) bring items not seen yet; the follow superset's others are dropped.
+  function item(map, key, event, creates) {
+    const old = map.get(key);
+    if (!old && !creates) return null;
+    if (old && !newer(event, old)) return undefined;
+    return old || {};
+  }
+
+  // Fold one event; false when it is about nothing shown (not even for the feed).
+  function fold(event, creates) {
+    const d = event.data, at = { seq: event.seq, epoch: event.epoch };
     if (event.type === "locker_state_changed") {
       const key = d.kioskId + "/" + d.lockerId;
-      st.lockers.set(key, {
-        lockerId: d.lockerId, kioskId: d.kioskId, state: d.newState,
-        seq: event.seq, timestamp: event.timestamp,
-      });
+      const old = item(st.lockers, key, event, creates);
+      if (!old) return old === undefined;
+      const now = { lockerId: d.lockerId, kioskId: d.kioskId, state: d.newState, timestamp: event.timestamp, ...at };
+      st.lockers.set(key, now);
+      follow.moved(LOCKERS, now, old.state != null && shown("locker", old), shown("locker", now), event);
       renderLockers(key);
-    } else if (event.type === "help_requested") {
-      if (d.status === "resolved") st.help.delete(d.id);
-      else st.help.set(d.id, { ...d, seq: event.seq, timestamp: event.timestamp });
-      renderHelp();
-    } else if (event.type === "help_status_updated") {
-      const request = st.help.get(d.id);
-      if (d.new_status === "resolved") st.help.delete(d.id);
-      else if (request) Object.assign(request, { status: d.new_status, agent_id: d.agent_id, seq: event.seq });
+    } else if (event.type === "help_requested" || event.type === "help_status_updated") {
+      const old = item(st.help, d.id, event, creates);
+      if (!old) return old === undefined;
+      const now = event.type === "help_requested" ? { ...d, timestamp: event.timestamp, ...at }
+        : { ...old, id: d.id, status: d.new_status, agent_id: d.agent_id, ...at };
+      st.help.set(d.id, now);
+      follow.moved(HELP, now, old.id != null && shown("help", old), shown("help", now), event);
       renderHelp();
     } else if (event.type === "system_status" && d.component === "kiosk") {
       const id = (event.tags && event.tags.kiosk) || (d.details && d.details.kioskId);
@@ -207,6 +242,7 @@
     } else if (event.type === "command_applied") {
       ops.settleCommand(d.command.id, d);
     }
+    return true;
   }
 
   // -- rendering ------------------------------------------------------------------
@@ -263,6 +299,8 @@
     || a.namespace.localeCompare(b.namespace) || b.seq - a.seq;
 
   function addToFeed(event) {
+    // the same event can come on two connections (and a follow.js read)
+    if (st.feed.some((o) => o.namespace === event.namespace && o.seq === event.seq && o.epoch === event.epoch)) return;
     const item = el("li", {
       "data-ns": event.namespace, "data-seq": event.seq, "data-type": event.type,
       "data-replayed": event.replayed === true, "data-timestamp": event.timestamp,
@@ -279,9 +317,13 @@
     while (st.feed.length > FEED_MAX) { st.feed.pop(); feed.lastElementChild.remove(); }
   }
 
-  function setStatus(ns, status) {
-    st.status[ns] = status;
-    document.querySelector('.ns[data-ns="' + ns + '"]').dataset.status = status;
+  // A namespace shows the worse of its connections (main, follow).
+  function setStatus(key, status) {
+    st.status[key] = status;
+    const ns = nsOf(key);
+    const mine = Object.keys(st.status).filter((k) => nsOf(k) === ns).map((k) => st.status[k]);
+    document.querySelector('.ns[data-ns="' + ns + '"]').dataset.status = mine.every((s) => s === "connected")
+      ? "connected" : mine.includes("reconnecting") ? "reconnecting" : "disconnected";
     const all = Object.values(st.status);
     const overall = all.every((s) => s === "connected") ? "connected"
       : all.some((s) => s === "reconnecting") ? "reconnecting" : "disconnected";
@@ -305,47 +347,60 @@
 
   // Sent on every (re)connect: resume from the last event folded in, so the
   // server replays exactly what was missed (none twice, none skipped).
-  function authFor(ns) {
+  function authFor(key) {
     const auth = { token: st.token };
-    const filter = serverFilter(ns);
+    const filter = serverFilter(key);
     if (filter) auth.filter = filter;
-    const pos = st.pos[ns];
+    const pos = st.pos[key];
     if (pos) Object.assign(auth, { last_seq: pos.seq, epoch: pos.epoch });
     return auth; // /ws/events on first connect: the recent window
   }
 
-  function connect(ns) {
+  // `key` is a namespace (its main connection, all three share one WebSocket) or a
+  // namespace + FOLLOW: a follow connection, on a WebSocket of its own (forceNew) since
+  // socket.io-client keeps one socket per namespace and manager.
+  function connect(key) {
+    const ns = nsOf(key), follower = key !== ns;
     const socket = io(ns, {
-      auth: (cb) => cb(authFor(ns)),
+      auth: (cb) => cb(authFor(key)),
       transports: ["websocket"],
       reconnectionDelay: RETRY_FIRST_MS,
       reconnectionDelayMax: RETRY_MAX_MS,
       randomizationFactor: 0.5,
+      forceNew: follower,
     });
-    st.sockets[ns] = socket;
+    st.sockets[key] = socket;
+    st.status[key] = "disconnected";
+    st.replaying[key] = true;
+    const current = () => st.sockets[key] === socket; // a replaced follow socket falls silent
     let retry = 0, timer = null;
     socket.on("connect", () => {
+      if (!current()) return;
       retry = 0;
-      st.replaying[ns] = true;
-      setStatus(ns, "connected");
-      const filter = serverFilter(ns);
-      socket.emit("subscribe", filter ? { room: ROOMS[ns], filter } : { room: ROOMS[ns] });
+      st.replaying[key] = true;
+      setStatus(key, "connected");
+      if (follower) {
+        follow.connected(ns);
+      } else {
+        const filter = serverFilter(key);
+        socket.emit("subscribe", filter ? { room: ROOMS[ns], filter } : { room: ROOMS[ns] });
+      }
       if (ns === EVENTS) reloadKiosksSoon(); // presence may have moved while away
     });
     socket.on("replay_complete", (info) => {
-      st.replaying[ns] = false;
+      if (!current()) return;
+      st.replaying[key] = false;
       if (info.recovered === false && SNAPSHOT[ns]) {
         resync(ns); // events were lost meanwhile: the snapshot is the truth again
       } else {
-        const pos = st.pos[ns];
-        if (!pos || pos.epoch !== info.epoch || pos.seq < info.last_seq) {
-          st.pos[ns] = { seq: info.last_seq, epoch: info.epoch };
-        }
+        const at = { seq: info.last_seq, epoch: info.epoch };
+        if (newer(at, st.pos[key])) st.pos[key] = at;
       }
       setMode();
     });
     socket.on("disconnect", (reason) => {
-      st.replaying[ns] = false;
+      if (!current()) return;
+      st.replaying[key] = false;
       st.reconnects += 1;
       // socket.io-client retries by itself except after a server-side disconnect
       // (a slow consumer dropped, an instance shutting down): retry that here too
@@ -353,17 +408,18 @@
         const base = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** retry++);
         timer = setTimeout(() => socket.connect(), base / 2 + Math.random() * base / 2);
       }
-      setStatus(ns, "reconnecting");
+      setStatus(key, "reconnecting");
     });
     socket.on("connect_error", (err) => {
+      if (!current()) return;
       if (err.message === "unauthorized") { clearTimeout(timer); askForToken("Token refused: " + (err.data ? err.data.message : "")); return; }
       if (!socket.active) {
         const base = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** retry++);
         timer = setTimeout(() => socket.connect(), base / 2 + Math.random() * base / 2);
       }
-      setStatus(ns, "reconnecting");
+      setStatus(key, "reconnecting");
     });
-    const handler = (event) => onEvent(ns, event);
+    const handler = (event) => { if (current()) onEvent(ns, event, key); };
     for (const type of ["locker_state_changed", "help_requested", "help_status_updated",
       "command_applied", "system_status", "connection", "disconnection"]) socket.on(type, handler);
   }
@@ -384,6 +440,7 @@
       return;
     }
     for (const ns of [LOCKERS, HELP, EVENTS]) connect(ns);
+    for (const ns of [LOCKERS, HELP]) follow.reset(ns); // a follow connection where needed
   }
 
   function start() {
@@ -409,5 +466,6 @@
   }
 
   const ops = window.lockerbusOperator({ st, $, el, localTime, shown, onEvent, resync, canOperate });
+  const follow = window.lockerbusFollow({ st, api, shown, followKey, onEvent, resync, connect });
   start();
 })();
