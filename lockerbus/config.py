@@ -28,6 +28,7 @@ MIN_SECRET_BYTES: Final = 32
 MEMORY_URL: Final = "memory"
 SQLITE_PREFIX: Final = "sqlite:///"
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
 
 
 def validate_store_url(url: str) -> str:
@@ -41,7 +42,13 @@ def validate_store_url(url: str) -> str:
         return url
     if url.startswith(REDIS_SCHEMES):
         return url
-    raise ConfigError("store", f"{url!r} is not memory, sqlite:///path.db or redis://host:port/db")
+    if url.startswith(POSTGRES_SCHEMES) and len(url) > len("postgresql://"):
+        return url
+    raise ConfigError(
+        "store",
+        f"{url!r} is not memory, sqlite:///path.db, redis://host:port/db "
+        "or postgresql://user:pass@host:port/db",
+    )
 
 
 LOG_FORMATS: Final = ("text", "json")

@@ -90,9 +90,9 @@ def postgres_shared():  # type: ignore[no-untyped-def]
     """One PostgreSQL cluster for the session (initdb + pg_ctl in a temporary directory,
     any free port); tests keep apart by database. Skips locally, fails under CI, when
     PostgreSQL is not installed."""
-    from tests.postgres_support import running
+    from tests.postgres_support import shared_server
 
-    with running(fsync=False) as server:
+    with shared_server() as server:
         yield server
 
 

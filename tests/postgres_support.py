@@ -185,3 +185,24 @@ def running(*, fsync: bool = True) -> Iterator[PostgresServer]:
         yield server
     finally:
         server.remove()
+
+
+_shared: PostgresServer | None = None
+
+
+def shared() -> PostgresServer:
+    """The session's shared cluster (started by the ``postgres_shared`` fixture)."""
+    assert _shared is not None, "request the postgres_shared fixture first"
+    return _shared
+
+
+@contextlib.contextmanager
+def shared_server() -> Iterator[PostgresServer]:
+    """Start the session's shared cluster (no fsync: its tests do not crash the machine)."""
+    global _shared
+    with running(fsync=False) as server:
+        _shared = server
+        try:
+            yield server
+        finally:
+            _shared = None
