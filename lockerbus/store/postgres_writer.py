@@ -140,10 +140,17 @@ class PostgresWriter:
                 return self._failed(jobs, exc)
             self.last_commit = time.monotonic()
             self._problem = self.append_failure = None
+            self._known.update(job.event["namespace"] for job in jobs)  # their rows exist now
             return outcomes
         raise AssertionError("unreachable")
 
     def _failed(self, jobs: list[Append], exc: BaseException) -> list[Outcome]:
+        import asyncpg
+
+        if not isinstance(
+            exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+        ):
+            store_logger.exception("%s: unexpected error", self.name, exc_info=exc)
         error = unavailable(exc, self.name)
         if error.message != self._problem:
             store_logger.error("%s", error.message)
@@ -166,7 +173,6 @@ class PostgresWriter:
             "WHERE namespace = ANY($1::text[]) ORDER BY namespace FOR UPDATE",
             names,
         )
-        self._known.update(names)
         return {row["namespace"]: (row["last_seq"], row["held"]) for row in rows}
 
 
