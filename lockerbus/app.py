@@ -200,18 +200,27 @@ class _Cluster:
     """
 
     def __init__(self, message_queue: str, store_url: str, metrics: Metrics) -> None:
-        from .cluster import ChannelInbox, ClusterRedisManager
+        from .cluster import ChannelInbox, ChannelPublisher, ClusterRedisManager
         from .command_claims import RedisCommandClaims
+        from .config import REDIS_SCHEMES
         from .presence import Presence
         from .redisconn import events_channel
 
+        # A Redis store publishes its events itself, and presence and claims live
+        # beside it; with another store (PostgreSQL) they all use the message queue.
+        own = store_url.startswith(REDIS_SCHEMES)
+        redis_url = store_url if own else message_queue
+        channel = events_channel(redis_url)
         self.inbox: ChannelInbox = ChannelInbox()
         self.manager: ClusterRedisManager = ClusterRedisManager(
-            message_queue, channel=events_channel(store_url), inbox=self.inbox, metrics=metrics
+            message_queue, channel=channel, inbox=self.inbox, metrics=metrics
+        )
+        self.publisher: ChannelPublisher | None = (
+            None if own else ChannelPublisher(message_queue, channel)
         )
         self.metrics = metrics
-        self.presence: Presence = Presence(store_url)
-        self.claims: RedisCommandClaims = RedisCommandClaims(store_url)
+        self.presence: Presence = Presence(redis_url)
+        self.claims: RedisCommandClaims = RedisCommandClaims(redis_url)
 
     def relay(self, hub: Hub, store: EventStore, resync: Callable[[str], None]) -> ClusterRelay:
         from .cluster import ClusterRelay
@@ -222,6 +231,7 @@ class _Cluster:
             resync=resync,
             inbox=self.inbox,
             listener=self.manager,
+            publisher=self.publisher,
             metrics=self.metrics,
         )
 
@@ -276,10 +286,14 @@ def _relay_context(relay: ClusterRelay | None, sio: LockerbusServer) -> Context:
         tasks = Background()
         tasks.spawn(relay.consume())
         tasks.spawn(relay.run())
+        if relay.publisher is not None:
+            tasks.spawn(relay.publisher.run())
         try:
             yield
         finally:
             await tasks.close()
+            if relay.publisher is not None:
+                await relay.publisher.close()
 
     return context
 

@@ -340,9 +340,12 @@ def _check(settings: Settings) -> None:
     validate_store_url(settings.store)
     if settings.message_queue is not None and not settings.message_queue.startswith(REDIS_SCHEMES):
         raise ConfigError("message_queue", f"{settings.message_queue!r} is not a redis:// URL")
-    if settings.message_queue is not None and not settings.store.startswith(REDIS_SCHEMES):
+    if settings.message_queue is not None and not settings.store.startswith(
+        (*REDIS_SCHEMES, *POSTGRES_SCHEMES)
+    ):
         raise ConfigError(
-            "message_queue", "instances share one store: set store to the same redis:// server"
+            "message_queue",
+            "instances share one store: set store to the same redis:// or postgresql:// server",
         )
     for key in (
         "max_events",
