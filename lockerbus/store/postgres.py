@@ -98,7 +98,9 @@ class PostgresEventStore(BaseEventStore[Suspect]):
         try:
             pool = await asyncpg.create_pool(
                 self._url,
-                min_size=1,
+                # no floor: asyncpg's task keeping one logs a traceback per retry
+                # while PostgreSQL is down; connections are made as needed instead
+                min_size=0,
                 max_size=self._max_connections,
                 timeout=CONNECT_TIMEOUT_SECONDS,
                 command_timeout=COMMAND_TIMEOUT_SECONDS,
