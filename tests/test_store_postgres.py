@@ -233,3 +233,34 @@ def test_the_driver_is_imported_only_for_its_scheme() -> None:
 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+# -- through the server ---------------------------------------------------------
+
+
+async def test_idempotency_across_a_restart_and_two_instances(
+    url: str, server_factory, http
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.support import close_clients, start_server
+    from tests.support import locker_event as payload_of
+    from tests.test_ingest import history, post_batch, with_id
+
+    payload = with_id(payload_of(0))
+    first = await start_server(store=url)
+    try:
+        status, stored = await first.post_event(http, payload)
+        assert status == 201
+    finally:
+        await close_clients()
+        await first.stop()
+    a, b = await server_factory(store=url), await server_factory(store=url)
+    for server in (a, b):
+        status, again = await server.post_event(http, payload)
+        assert status == 200 and again == {"event": stored, "duplicate": True}
+    status, body = await post_batch(b, http, {"events": [payload, payload_of(1)]})
+    assert status == 200
+    assert body["results"][0] == {"ok": True, "event": stored, "duplicate": True}
+    assert body["results"][1]["event"]["seq"] == 2
+    assert [e["seq"] for e in await history(a, http)] == [1, 2]
+    async with http.get(f"{a.url}/readyz") as resp:
+        assert resp.status == 200

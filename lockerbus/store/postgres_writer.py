@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from .postgres_schema import Conn
 
 MAX_BATCH: Final = 512
+#: seconds an append batch waits for a pooled connection before it fails
+ACQUIRE_TIMEOUT_SECONDS: Final = 5.0
 #: a batch that met a racing id or a deadlock runs again, at most this often
 _ATTEMPTS: Final = 4
 
@@ -85,6 +87,7 @@ class PostgresWriter:
         self.options = options
         self.clock = clock
         self.epoch = epoch
+        self.acquire_timeout = ACQUIRE_TIMEOUT_SECONDS
         self.queue: asyncio.Queue[list[Append] | None] = asyncio.Queue()
         self.last_commit = float("-inf")
         self.append_failure: tuple[str, float] | None = None  # (reason, monotonic time)
@@ -129,7 +132,10 @@ class PostgresWriter:
 
         for attempt in range(_ATTEMPTS):
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
+                async with (
+                    self.pool.acquire(timeout=self.acquire_timeout) as conn,
+                    conn.transaction(),
+                ):
                     outcomes = await write_batch(conn, jobs, self)
             except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
                 if attempt + 1 < _ATTEMPTS:
