@@ -18,7 +18,7 @@ from .auth import TokenVerifier
 from .board import BoardRoutes
 from .bus import EventBus
 from .commands import CommandService
-from .config import Settings
+from .config import Settings, redact_url
 from .delivery import Background, Broadcaster, CatchUp, Hub
 from .events import NAMESPACES
 from .http import Handler, HttpApi, errors_middleware
@@ -301,7 +301,8 @@ def _relay_context(relay: ClusterRelay | None, sio: LockerbusServer) -> Context:
 def _sockets_context(sockets: Sockets, store: EventStore, settings: Settings) -> Context:
     async def context(app: web.Application) -> AsyncIterator[None]:
         await sockets.start()
-        app_logger.info("lockerbus ready store=%s epoch=%s", settings.store, store.epoch)
+        store_url = redact_url(settings.store)
+        app_logger.info("lockerbus ready store=%s epoch=%s", store_url, store.epoch)
         try:
             yield
         finally:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -29,6 +30,18 @@ MEMORY_URL: Final = "memory"
 SQLITE_PREFIX: Final = "sqlite:///"
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
+
+
+def redact_url(url: str, mask: str = "<redacted>") -> str:
+    """``url`` with its password (a store's or message queue's) replaced by ``mask``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:{mask}@{host}"))
 
 
 def validate_store_url(url: str) -> str:

@@ -264,3 +264,20 @@ async def test_idempotency_across_a_restart_and_two_instances(
     assert [e["seq"] for e in await history(a, http)] == [1, 2]
     async with http.get(f"{a.url}/readyz") as resp:
         assert resp.status == 200
+
+
+async def test_the_password_in_the_store_url_is_never_logged(url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.processes import ServerProcess
+
+    with_password = url.replace("postgresql://postgres@", "postgresql://postgres:pw-s3cret@")
+    server = ServerProcess(
+        store=with_password,
+        log_path=tmp_path / "lockerbus.log",
+        env={"LOCKERBUS_LOG_LEVEL": "INFO"},
+    )
+    await server.started()
+    try:
+        assert "lockerbus ready store=postgresql://postgres:<redacted>@" in server.log()
+    finally:
+        await server.stopped()
+    assert "pw-s3cret" not in server.log()
