@@ -94,35 +94,45 @@ class PostgresEventStore(BaseEventStore[Suspect]):
             raise StoreUnavailableError(
                 f"{self._name}: the asyncpg driver is missing: pip install 'lockerbus[postgres]'"
             ) from exc
-        pool: asyncpg.Pool | None = None
+        pools: list[asyncpg.Pool] = []
         try:
-            pool = await asyncpg.create_pool(
-                self._url,
-                # no floor: asyncpg's task keeping one logs a traceback per retry
-                # while PostgreSQL is down; connections are made as needed instead
-                min_size=0,
-                max_size=self._max_connections,
-                timeout=CONNECT_TIMEOUT_SECONDS,
-                command_timeout=COMMAND_TIMEOUT_SECONDS,
-            )
-            async with pool.acquire(timeout=COMMAND_TIMEOUT_SECONDS) as conn:
+            # The writer has a connection of its own, so a storm of replays
+            # queueing for the read pool never delays an append.
+            for size in (self._max_connections, 1):
+                pools.append(
+                    await asyncpg.create_pool(
+                        self._url,
+                        # no floor: asyncpg's task keeping one logs a traceback per
+                        # retry while PostgreSQL is down; connections come as needed
+                        min_size=0,
+                        max_size=size,
+                        timeout=CONNECT_TIMEOUT_SECONDS,
+                        command_timeout=COMMAND_TIMEOUT_SECONDS,
+                    )
+                )
+            async with pools[0].acquire(timeout=COMMAND_TIMEOUT_SECONDS) as conn:
                 self.epoch = await migrate(conn, self._name)
         except BaseException as exc:
-            if pool is not None:
+            for pool in pools:
                 pool.terminate()
             if isinstance(exc, (*_driver_errors(), ValueError)):
                 raise unavailable(exc, self._name) from exc
             raise
-        self._pool = pool
-        self._writer = PostgresWriter(pool, self._name, self._options, self._clock, self.epoch)
+        self._pool, write_pool = pools
+        self._writer = PostgresWriter(
+            write_pool, self._name, self._options, self._clock, self.epoch
+        )
 
     async def _release(self) -> None:
-        """Finish queued appends, then close the pool."""
+        """Finish queued appends, then close the pools."""
         writer, self._writer = self._writer, None
         if writer is not None:
             await writer.stop()
-        pool, self._pool = self._pool, None
-        if pool is not None:
+        pools = [self._pool, writer.pool if writer is not None else None]
+        self._pool = None
+        for pool in pools:
+            if pool is None:
+                continue
             try:
                 await asyncio.wait_for(pool.close(), COMMAND_TIMEOUT_SECONDS)
             except _driver_errors():  # TimeoutError among them
