@@ -9,6 +9,7 @@ event once, in seq order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,13 @@ HELP = "/ws/help"
 @pytest.fixture
 async def pg_cluster(redis_server: RedisServer, postgres_shared: PostgresServer, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Start instances sharing a fresh database and ``redis_server``; stopped after."""
+    async with _cluster(redis_server, postgres_shared.database(str(tmp_path)), tmp_path) as factory:
+        yield factory
+
+
+@contextlib.asynccontextmanager
+async def _cluster(redis_server: RedisServer, store: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     started: list[ServerProcess] = []
-    store = postgres_shared.database(str(tmp_path))
 
     async def factory(count: int = 2) -> list[ServerProcess]:
         env = {"LOCKERBUS_MESSAGE_QUEUE": redis_server.url, "LOCKERBUS_LOG_LEVEL": "INFO"}
@@ -46,8 +52,10 @@ async def pg_cluster(redis_server: RedisServer, postgres_shared: PostgresServer,
             await wait_ready(http, *procs)
         return procs
 
-    yield factory
-    await asyncio.gather(*(p.stopped() for p in started))
+    try:
+        yield factory
+    finally:
+        await asyncio.gather(*(p.stopped() for p in started))
 
 
 async def test_publish_on_one_instance_reaches_subscribers_on_both_once(pg_cluster, http) -> None:
@@ -145,3 +153,30 @@ async def test_racing_help_updates_on_two_instances_exactly_one_wins(pg_cluster,
         a.post_event(http, update("agent-a")), b.post_event(http, update("agent-b"))
     )
     assert sorted(status for status, _ in outcomes) == [201, 409], outcomes
+
+
+async def test_postgres_restart_under_two_instances_loses_nothing(
+    redis_server: RedisServer, postgres_server: PostgresServer, tmp_path: Path, http
+) -> None:
+    """Both instances answer store_unavailable and /readyz 503 while PostgreSQL is
+    down, resume by themselves, and their subscribers get every acknowledged
+    event once, in order."""
+    async with _cluster(redis_server, postgres_server.url(), tmp_path) as factory:
+        a, b = await factory()
+        watchers = [await subscriber(a, join=False), await subscriber(b, join=False)]
+        acked = [(await a.post_event(http, locker_event(n)))[1] for n in range(3)]
+        await asyncio.to_thread(postgres_server.stop)
+        for server in (a, b):
+            status, body = await server.post_event(http, locker_event(50))
+            assert status == 503 and body["error"]["code"] == "store_unavailable", body
+        await wait_ready(http, a, b, ready=False)
+        await asyncio.to_thread(postgres_server.start)
+        await wait_ready(http, a, b)
+        for n, server in enumerate((b, a, b)):
+            status, event = await server.post_event(http, locker_event(10 + n))
+            assert status == 201, event
+            acked.append(event)
+        assert [e["seq"] for e in acked] == [1, 2, 3, 4, 5, 6]
+        for client in watchers:
+            await client.wait_for(lambda c=client: 6 in live_seqs(c))
+            assert client.events(LOCKERS, "locker_state_changed") == acked
