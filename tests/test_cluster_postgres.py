@@ -180,3 +180,33 @@ async def test_postgres_restart_under_two_instances_loses_nothing(
         for client in watchers:
             await client.wait_for(lambda c=client: 6 in live_seqs(c))
             assert client.events(LOCKERS, "locker_state_changed") == acked
+
+
+async def test_an_instance_killed_mid_publish_loses_nothing_for_the_other(pg_cluster, http) -> None:
+    """An instance can die between its commit and its publish on the channel: the
+    other instance's periodic check finds the event in PostgreSQL and delivers it."""
+    a, b = await pg_cluster()
+    watcher = await subscriber(b, join=False)
+    acked: list[dict[str, Any]] = []
+
+    async def publish_on_a() -> None:
+        for n in range(10_000):
+            try:
+                status, event = await a.post_event(http, locker_event(n))
+            except aiohttp.ClientError:
+                return  # killed
+            if status != 201:
+                return
+            acked.append(event)
+
+    publishing = asyncio.create_task(publish_on_a())
+    await watcher.wait_for(lambda: len(live_seqs(watcher)) >= 50)
+    await asyncio.to_thread(a.kill)
+    await publishing
+    status, last = await b.post_event(http, locker_event(99_999))
+    assert status == 201
+    await watcher.wait_for(lambda: last["seq"] in live_seqs(watcher))
+    got = live_seqs(watcher)
+    assert got == list(range(1, last["seq"] + 1)), "every stored event once, in order"
+    by_seq = {e["seq"]: e for e in watcher.events(LOCKERS, "locker_state_changed")}
+    assert all(by_seq[e["seq"]] == e for e in acked), "each acknowledged event as acknowledged"
