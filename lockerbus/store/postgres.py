@@ -146,6 +146,11 @@ class PostgresEventStore(BaseEventStore[Suspect]):
             reason, at = writer.append_failure
             if now - at < _FAILURE_MEMORY_SECONDS:
                 raise StoreUnavailableError(f"{reason} (an append failed {now - at:.1f}s ago)")
+        busy = writer.busy_since
+        if busy is not None and now - busy > _PROBE_FRESH_SECONDS:
+            raise StoreUnavailableError(
+                f"{self._name}: appends have waited {now - busy:.1f}s for PostgreSQL"
+            )
         if now - writer.last_commit < _PROBE_FRESH_SECONDS:
             return
 
@@ -284,9 +289,18 @@ class PostgresEventStore(BaseEventStore[Suspect]):
         pool = self._pool
         if pool is None:
             raise StoreUnavailableError(f"{self._name} is closed")
+        import asyncpg
+
         try:
-            async with pool.acquire(timeout=COMMAND_TIMEOUT_SECONDS) as conn:
+            conn = await pool.acquire(timeout=COMMAND_TIMEOUT_SECONDS)
+            try:
                 return await fn(conn)
+            except BaseException as exc:
+                if not isinstance(exc, asyncpg.PostgresError):
+                    conn.terminate()  # timed out or broken: releasing would reset it first
+                raise
+            finally:
+                await pool.release(conn)
         except _driver_errors() as exc:
             raise unavailable(exc, self._name) from exc
 

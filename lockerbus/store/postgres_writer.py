@@ -90,6 +90,7 @@ class PostgresWriter:
         self.acquire_timeout = ACQUIRE_TIMEOUT_SECONDS
         self.queue: asyncio.Queue[list[Append] | None] = asyncio.Queue()
         self.last_commit = float("-inf")
+        self.busy_since: float | None = None  # monotonic start of the batch being written
         self.append_failure: tuple[str, float] | None = None  # (reason, monotonic time)
         self._known: set[str] = set()  # namespaces whose counter row exists
         self._problem: str | None = None
@@ -117,7 +118,12 @@ class PostgresWriter:
                     stop = True
                     break
                 jobs += more
-            for job, event, error in await self._write(jobs):
+            self.busy_since = time.monotonic()
+            try:
+                outcomes = await self._write(jobs)
+            finally:
+                self.busy_since = None
+            for job, event, error in outcomes:
                 if job.future.done():  # the awaiting task was cancelled; the work stands
                     continue
                 if error is not None or event is None:
@@ -132,11 +138,7 @@ class PostgresWriter:
 
         for attempt in range(_ATTEMPTS):
             try:
-                async with (
-                    self.pool.acquire(timeout=self.acquire_timeout) as conn,
-                    conn.transaction(),
-                ):
-                    outcomes = await write_batch(conn, jobs, self)
+                outcomes = await self._transaction(jobs)
             except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
                 if attempt + 1 < _ATTEMPTS:
                     continue  # a racing id or lock order: run again, it sees the other commit
@@ -149,6 +151,33 @@ class PostgresWriter:
             self._known.update(job.event["namespace"] for job in jobs)  # their rows exist now
             return outcomes
         raise AssertionError("unreachable")
+
+    async def _transaction(self, jobs: list[Append]) -> list[Outcome]:
+        """One transaction writing ``jobs``.  A refusal by PostgreSQL (a racing id, a
+        deadlock) is rolled back; on any other failure the connection is closed
+        instead, since a rollback on a connection that timed out or broke would wait
+        out the command timeout a second time before the appends are answered."""
+        import asyncpg
+
+        conn = await self.pool.acquire(timeout=self.acquire_timeout)
+        try:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                outcomes = await write_batch(conn, jobs, self)
+            except asyncpg.PostgresError as exc:
+                if conn.is_closed() or isinstance(exc, asyncpg.QueryCanceledError):
+                    raise
+                await transaction.rollback()
+                raise
+            await transaction.commit()
+            return outcomes
+        except BaseException as exc:
+            if not isinstance(exc, asyncpg.PostgresError) or conn.is_in_transaction():
+                conn.terminate()  # not a clean refusal: no reset, no rollback waited for
+            raise
+        finally:
+            await self.pool.release(conn)
 
     def _failed(self, jobs: list[Append], exc: BaseException) -> list[Outcome]:
         import asyncpg

@@ -74,3 +74,44 @@ async def test_postgres_restart_is_unavailable_then_resumes_losing_nothing(
         not_ready_within_seconds=round(not_ready_after, 2),
         lost=0,
     )
+
+
+async def test_a_frozen_postgres_refuses_in_bounded_time_and_acks_nothing_falsely(
+    server_process, postgres_server: PostgresServer
+) -> None:
+    """PostgreSQL up but answering nothing (every process stopped): publishes are
+    refused within the 5 s command timeout, /readyz says 503 within its 2 s bound,
+    /healthz keeps answering; once it answers again, lockerbus resumes by itself."""
+    server = server_process(postgres_server.url())
+    async with aiohttp.ClientSession() as http:
+        status, first = await server.post_event(http, locker_event(0))
+        assert status == 201
+        frozen = await asyncio.to_thread(postgres_server.freeze)
+        try:
+            began = time.monotonic()
+            publish = asyncio.create_task(server.post_event(http, locker_event(1)))
+            async with http.get(f"{server.url}/healthz") as resp:
+                assert resp.status == 200
+            await wait_ready(http, server, ready=False)
+            ready_after = time.monotonic() - began
+            status, body = await publish
+            refused_after = time.monotonic() - began
+        finally:
+            postgres_server.thaw(frozen)
+        assert (status, body["error"]["code"]) == (503, "store_unavailable"), body
+        assert ready_after < 3.0, ready_after
+        assert refused_after < 7.0, "refused within the command timeout"
+        await wait_ready(http, server)
+        status, after = await server.post_event(http, locker_event(2))
+        assert status == 201, after
+        stored, _epoch = await stored_events(server, LOCKERS)
+    seqs = [e["seq"] for e in stored]
+    assert seqs == list(range(1, len(seqs) + 1)), "no gap"
+    assert stored[0] == first and stored[-1] == after, "every ack is stored"
+    assert len(stored) in (2, 3), "a refusal means not known to be stored"
+    record(
+        "postgres_frozen",
+        readyz_503_s=round(ready_after, 2),
+        publish_refused_after_s=round(refused_after, 2),
+        refused_publish_stored_later=len(stored) == 3,
+    )
