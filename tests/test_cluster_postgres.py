@@ -210,3 +210,35 @@ async def test_an_instance_killed_mid_publish_loses_nothing_for_the_other(pg_clu
     assert got == list(range(1, last["seq"] + 1)), "every stored event once, in order"
     by_seq = {e["seq"]: e for e in watcher.events(LOCKERS, "locker_state_changed")}
     assert all(by_seq[e["seq"]] == e for e in acked), "each acknowledged event as acknowledged"
+
+
+async def test_the_message_queue_down_keeps_publishes_and_delivers_them_afterwards(
+    redis_server: RedisServer, postgres_shared: PostgresServer, tmp_path: Path, http
+) -> None:
+    """With a PostgreSQL store, Redis is only the message queue: while it is down
+    publishes are still stored and acknowledged (the store answers), /readyz says
+    503 (live delivery across instances is cut), and once it is back every
+    subscriber gets what it missed, from the store, once and in order."""
+    store = postgres_shared.database(str(tmp_path))
+    async with _cluster(redis_server, store, tmp_path) as factory:
+        a, b = await factory()
+        watcher = await subscriber(b)
+        accepted = [(await a.post_event(http, locker_event(n)))[1] for n in range(3)]
+        await watcher.wait_for(lambda: 3 in live_seqs(watcher))
+
+        await asyncio.to_thread(redis_server.kill)
+        for n in range(3, 6):
+            status, event = await a.post_event(http, locker_event(n))
+            assert status == 201, event
+            accepted.append(event)
+        await wait_ready(http, a, b, ready=False)
+
+        await asyncio.to_thread(redis_server.start)
+        await wait_ready(http, a, b)
+        status, event = await b.post_event(http, locker_event(6))
+        assert status == 201, event
+        accepted.append(event)
+        assert [e["seq"] for e in accepted] == [1, 2, 3, 4, 5, 6, 7]
+        await watcher.wait_for(lambda: 7 in live_seqs(watcher), timeout=15)
+        assert watcher.sio.connected
+        assert watcher.events(LOCKERS, "locker_state_changed") == accepted
