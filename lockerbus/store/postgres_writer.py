@@ -46,15 +46,28 @@ ACQUIRE_TIMEOUT_SECONDS: Final = 5.0
 #: a batch that met a racing id or a deadlock runs again, at most this often
 _ATTEMPTS: Final = 4
 
-_INSERT: Final = (
+#: one statement: advance the counters, insert the events (one round trip per batch)
+_WRITE: Final = (
+    "WITH advanced AS (UPDATE lockerbus_namespaces n "
+    "SET last_seq = v.last, held = n.held + v.added "
+    "FROM unnest($8::text[], $9::bigint[], $10::bigint[]) AS v(namespace, last, added) "
+    "WHERE n.namespace = v.namespace) "
     "INSERT INTO lockerbus_events (namespace, seq, event_id, ts, expires, crc, body) "
     "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::float8[], $5::float8[], "
     "$6::bigint[], $7::bytea[])"
 )
-_ADVANCE: Final = (
-    "UPDATE lockerbus_namespaces n SET last_seq = v.last, held = n.held + v.added "
-    "FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS v(namespace, last, added) "
-    "WHERE n.namespace = v.namespace"
+#: one statement: delete a namespace's oldest $2 rows, count them as held no more and as
+#: evicted for capacity; answers how many
+_EVICT: Final = (
+    "WITH gone AS (DELETE FROM lockerbus_events WHERE namespace = $1 AND seq IN "
+    "(SELECT seq FROM lockerbus_events WHERE namespace = $1 ORDER BY seq LIMIT $2) "
+    "RETURNING 1), "
+    "n AS (SELECT count(*) AS c FROM gone), "
+    "held AS (UPDATE lockerbus_namespaces SET held = held - (SELECT c FROM n) "
+    "WHERE namespace = $1), "
+    "counted AS (UPDATE lockerbus_counters SET value = value + (SELECT c FROM n) "
+    "WHERE name = 'capacity') "
+    "SELECT c FROM n"
 )
 
 
@@ -259,9 +272,14 @@ async def write_batch(conn: Conn, jobs: list[Append], writer: PostgresWriter) ->
         if event_id:
             written[event_id] = stored
     if rows:
-        await conn.execute(_INSERT, *(list(column) for column in zip(*rows, strict=True)))
         added = {ns: sum(1 for r in rows if r[0] == ns) for ns in names}
-        await conn.execute(_ADVANCE, names, [last[ns] for ns in names], [added[ns] for ns in names])
+        await conn.execute(
+            _WRITE,
+            *(list(column) for column in zip(*rows, strict=True)),
+            names,
+            [last[ns] for ns in names],
+            [added[ns] for ns in names],
+        )
         for ns in names:
             await evict_capacity(
                 conn, ns, held[ns] + added[ns], writer.options.retention(ns).max_events
@@ -291,19 +309,7 @@ async def evict_capacity(conn: Conn, namespace: str, held: int, max_events: int)
     excess = held - max_events
     if excess <= 0:
         return 0
-    removed = await conn.fetchval(
-        "WITH gone AS (DELETE FROM lockerbus_events WHERE namespace = $1 AND seq IN "
-        "(SELECT seq FROM lockerbus_events WHERE namespace = $1 ORDER BY seq LIMIT $2) "
-        "RETURNING 1) SELECT count(*) FROM gone",
-        namespace,
-        excess,
-    )
-    removed = int(removed or 0)
-    await conn.execute(
-        "UPDATE lockerbus_namespaces SET held = held - $2 WHERE namespace = $1", namespace, removed
-    )
-    await bump(conn, "capacity", removed)
-    return removed
+    return int(await conn.fetchval(_EVICT, namespace, excess) or 0)
 
 
 async def bump(conn: Conn, name: str, delta: int) -> None:
