@@ -18,7 +18,7 @@ from .auth import TokenVerifier
 from .board import BoardRoutes
 from .bus import EventBus
 from .commands import CommandService
-from .config import Settings
+from .config import Settings, redact_url
 from .delivery import Background, Broadcaster, CatchUp, Hub
 from .errors import LockerbusError
 from .events import NAMESPACES
@@ -202,18 +202,27 @@ class _Cluster:
     """
 
     def __init__(self, message_queue: str, store_url: str, metrics: Metrics) -> None:
-        from .cluster import ChannelInbox, ClusterRedisManager
+        from .cluster import ChannelInbox, ChannelPublisher, ClusterRedisManager
         from .command_claims import RedisCommandClaims
+        from .config import REDIS_SCHEMES
         from .presence import Presence
         from .redisconn import events_channel
 
+        # A Redis store publishes its events itself, and presence and claims live
+        # beside it; with another store (PostgreSQL) they all use the message queue.
+        own = store_url.startswith(REDIS_SCHEMES)
+        redis_url = store_url if own else message_queue
+        channel = events_channel(redis_url)
         self.inbox: ChannelInbox = ChannelInbox()
         self.manager: ClusterRedisManager = ClusterRedisManager(
-            message_queue, channel=events_channel(store_url), inbox=self.inbox, metrics=metrics
+            message_queue, channel=channel, inbox=self.inbox, metrics=metrics
+        )
+        self.publisher: ChannelPublisher | None = (
+            None if own else ChannelPublisher(message_queue, channel)
         )
         self.metrics = metrics
-        self.presence: Presence = Presence(store_url)
-        self.claims: RedisCommandClaims = RedisCommandClaims(store_url)
+        self.presence: Presence = Presence(redis_url)
+        self.claims: RedisCommandClaims = RedisCommandClaims(redis_url)
 
     def relay(self, hub: Hub, store: EventStore, resync: Callable[[str], None]) -> ClusterRelay:
         from .cluster import ClusterRelay
@@ -224,6 +233,7 @@ class _Cluster:
             resync=resync,
             inbox=self.inbox,
             listener=self.manager,
+            publisher=self.publisher,
             metrics=self.metrics,
         )
 
@@ -295,10 +305,14 @@ def _relay_context(relay: ClusterRelay | None, sio: LockerbusServer) -> Context:
         tasks = Background()
         tasks.spawn(relay.consume())
         tasks.spawn(relay.run())
+        if relay.publisher is not None:
+            tasks.spawn(relay.publisher.run())
         try:
             yield
         finally:
             await tasks.close()
+            if relay.publisher is not None:
+                await relay.publisher.close()
 
     return context
 
@@ -306,7 +320,8 @@ def _relay_context(relay: ClusterRelay | None, sio: LockerbusServer) -> Context:
 def _sockets_context(sockets: Sockets, store: EventStore, settings: Settings) -> Context:
     async def context(app: web.Application) -> AsyncIterator[None]:
         await sockets.start()
-        app_logger.info("lockerbus ready store=%s epoch=%s", settings.store, store.epoch)
+        store_url = redact_url(settings.store)
+        app_logger.info("lockerbus ready store=%s epoch=%s", store_url, store.epoch)
         try:
             yield
         finally:

@@ -26,6 +26,14 @@ meanwhile.  So this relay keeps, per namespace, the last seq it delivered:
 hears of the store's events into a :class:`ChannelInbox`; the relay reads the
 inbox.  Neither needs the other to be built, so app.py passes each its
 collaborators through the constructor.
+
+A store that does not publish its events itself (PostgreSQL) gets a
+:class:`ChannelPublisher`: each instance publishes its own appends on the
+channel after they committed.  Two instances' publishes may then cross, 42
+before 41; the relay treats that as a gap and reads 41 from the store (it was
+committed before 42 was numbered: the store numbers under the namespace's
+lock), then drops 41 when it arrives.  A publish lost with its instance (a
+crash between commit and publish) is found by the periodic check.
 """
 
 from __future__ import annotations
@@ -77,6 +85,42 @@ class ChannelInbox:
     def pong(self, token: int) -> None:
         """The listener heard this instance's ping ``token``."""
         self.heard = max(self.heard, token)
+
+
+class ChannelPublisher:
+    """Publishes this instance's appended events on the shared channel, in the order
+    appended, for a store that does not (see the module docstring)."""
+
+    def __init__(self, url: str, channel: str, maxsize: int = INBOX_SIZE) -> None:
+        from .redisconn import connect, split_url
+
+        self._redis = connect(split_url(url)[0], retry=False)
+        self._channel = channel
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self.dropped = 0
+
+    def put(self, event: Event) -> None:
+        """Queue ``event`` (no await: the bus broadcasts synchronously); a full queue
+        drops it, for the periodic check to fill from the store."""
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def run(self) -> None:
+        """Background task: publish what was queued, oldest first."""
+        while True:
+            event = await self._queue.get()
+            # seq first: the listener tells events from python-socketio's own messages by it
+            raw = orjson.dumps({"seq": event["seq"], **event})
+            try:
+                await self._redis.publish(self._channel, raw)
+            except Exception as exc:  # the relays fill from the store
+                self.dropped += 1
+                server_logger.warning("cluster: publishing an event failed: %s", exc)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
 
 
 class Listener(Protocol):
@@ -136,6 +180,7 @@ class ClusterRelay:
         resync: Callable[[str], None],
         inbox: ChannelInbox,
         listener: Listener | None = None,
+        publisher: ChannelPublisher | None = None,
         metrics: Metrics | None = None,
         interval_seconds: float = CHECK_INTERVAL_SECONDS,
         lag_bound_seconds: float = LAG_BOUND_SECONDS,
@@ -146,6 +191,7 @@ class ClusterRelay:
         self._resync = resync
         self._inbox = inbox
         self.listener = listener
+        self.publisher = publisher
         self._interval = interval_seconds
         self._clock = clock
         self._lock = asyncio.Lock()
@@ -186,6 +232,8 @@ class ClusterRelay:
         accepted[event["id"]] = accepted_at
         if len(accepted) > _MAX_ACCEPTED:
             accepted.popitem(last=False)
+        if self.publisher is not None:
+            self.publisher.put(event)
 
     # -- the channel side ------------------------------------------------------
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -28,6 +29,19 @@ MIN_SECRET_BYTES: Final = 32
 MEMORY_URL: Final = "memory"
 SQLITE_PREFIX: Final = "sqlite:///"
 REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
+
+
+def redact_url(url: str, mask: str = "<redacted>") -> str:
+    """``url`` with its password (a store's or message queue's) replaced by ``mask``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:{mask}@{host}"))
 
 
 def validate_store_url(url: str) -> str:
@@ -41,7 +55,13 @@ def validate_store_url(url: str) -> str:
         return url
     if url.startswith(REDIS_SCHEMES):
         return url
-    raise ConfigError("store", f"{url!r} is not memory, sqlite:///path.db or redis://host:port/db")
+    if url.startswith(POSTGRES_SCHEMES) and len(url) > len("postgresql://"):
+        return url
+    raise ConfigError(
+        "store",
+        f"{url!r} is not memory, sqlite:///path.db, redis://host:port/db "
+        "or postgresql://user:pass@host:port/db",
+    )
 
 
 LOG_FORMATS: Final = ("text", "json")
@@ -333,9 +353,12 @@ def _check(settings: Settings) -> None:
     validate_store_url(settings.store)
     if settings.message_queue is not None and not settings.message_queue.startswith(REDIS_SCHEMES):
         raise ConfigError("message_queue", f"{settings.message_queue!r} is not a redis:// URL")
-    if settings.message_queue is not None and not settings.store.startswith(REDIS_SCHEMES):
+    if settings.message_queue is not None and not settings.store.startswith(
+        (*REDIS_SCHEMES, *POSTGRES_SCHEMES)
+    ):
         raise ConfigError(
-            "message_queue", "instances share one store: set store to the same redis:// server"
+            "message_queue",
+            "instances share one store: set store to the same redis:// or postgresql:// server",
         )
     for key in (
         "max_events",

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
-from .config import SETTING_NAMES, LoadedSettings
+from .config import SETTING_NAMES, LoadedSettings, redact_url
 
 SECRET_SETTINGS: Final = frozenset({"secret", "admin_password"})
 URL_SETTINGS: Final = frozenset({"store", "message_queue"})
@@ -20,19 +19,8 @@ def redact(key: str, value: Any) -> Any:
     if key in SECRET_SETTINGS:
         return REDACTED
     if key in URL_SETTINGS and isinstance(value, str):
-        return _redact_url(value)
+        return redact_url(value, REDACTED)
     return value
-
-
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
 
 
 def report_lines(loaded: LoadedSettings) -> list[str]:

@@ -1,6 +1,8 @@
 """Benchmark the event stores (run through scripts/bench_store).
 
-Prints appends/s and replay(1000) latency for the memory and SQLite stores, and
+Prints appends/s and replay(1000) latency for the memory and SQLite stores (and
+for Redis and PostgreSQL servers given with ``--redis URL`` / ``--postgres URL``:
+each run there starts from empty tables or a fresh key prefix), and
 the RSS growth of a memory store holding 10,000 events (measured in a fresh
 child process so nothing else in this one skews it).  Timings are the best and
 the median of several runs: on a shared machine the best shows what the code
@@ -32,6 +34,8 @@ T0 = datetime(2026, 11, 26, 19, 0, tzinfo=UTC)
 TARGETS = {
     "memory": {"appends": 100_000, "replay_ms": 2.0},
     "sqlite": {"appends": 10_000, "replay_ms": 10.0},
+    "redis": {"appends": 10_000, "replay_ms": 10.0},
+    "postgresql": {"appends": 5_000, "replay_ms": 10.0},
 }
 
 
@@ -107,18 +111,18 @@ async def bench(
     store = await make()
     try:
         await appends_per_second(store, 10_000, writers)
-        wall, cpu = await replay_ms(store, 50 if name == "sqlite" else 200)
+        wall, cpu = await replay_ms(store, 200 if name == "memory" else 50)
     finally:
         await store.close()
     best_ms, median_ms = summary(wall)
     target = TARGETS[name]
     print(
-        f"{name:7} appends/s    best {max(rates):9,.0f}  median {statistics.median(rates):9,.0f}"
+        f"{name:10} appends/s    best {max(rates):9,.0f}  median {statistics.median(rates):9,.0f}"
         f"  per CPU-second {max(cpu_rates):9,.0f}"
         f"   ({total:,} events, {writers} appender(s); target >= {target['appends']:,})"
     )
     print(
-        f"{name:7} replay(1000) best {best_ms:9.2f}  median {median_ms:9.2f}"
+        f"{name:10} replay(1000) best {best_ms:9.2f}  median {median_ms:9.2f}"
         f"  CPU ms (median) {statistics.median(cpu):5.2f}"
         f"   (ms; target <= {target['replay_ms']} ms)"
     )
@@ -162,6 +166,10 @@ def rss_growth(count: int) -> float:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer events and runs")
+    parser.add_argument("--redis", metavar="URL", help="also a Redis store at URL")
+    parser.add_argument(
+        "--postgres", metavar="URL", help="also a PostgreSQL store at URL (its tables are dropped)"
+    )
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -190,6 +198,34 @@ async def main() -> None:
 
         await bench("memory", memory, 20_000 if args.quick else 200_000, 1, runs)
         await bench("sqlite", sqlite, 5_000 if args.quick else 30_000, 100, runs)
+
+    if args.redis:
+        redis_url = args.redis
+
+        async def redis() -> EventStore:
+            url = f"{redis_url}?prefix=bench-{uuid.uuid4().hex[:8]}"
+            store = open_store(url, StoreOptions(max_events=10_000))
+            await store.start()
+            return store
+
+        await bench("redis", redis, 5_000 if args.quick else 30_000, 100, runs)
+    if args.postgres:
+        postgres_url = args.postgres
+
+        async def postgres() -> EventStore:
+            import asyncpg
+
+            conn = await asyncpg.connect(postgres_url)
+            try:
+                for table in ("meta", "namespaces", "counters", "events", "state"):
+                    await conn.execute(f"DROP TABLE IF EXISTS lockerbus_{table}")
+            finally:
+                await conn.close()
+            store = open_store(postgres_url, StoreOptions(max_events=10_000))
+            await store.start()
+            return store
+
+        await bench("postgresql", postgres, 5_000 if args.quick else 30_000, 100, runs)
 
     growth = rss_growth(10_000)
     print(f"memory  RSS growth for 10,000 events: {growth:.2f} MB   (target < 15 MB)")

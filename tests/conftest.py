@@ -83,3 +83,23 @@ def redis_server(tmp_path):  # type: ignore[no-untyped-def]
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_shared():  # type: ignore[no-untyped-def]
+    """One PostgreSQL cluster for the session (initdb + pg_ctl in a temporary directory,
+    any free port); tests keep apart by database. Skips locally, fails under CI, when
+    PostgreSQL is not installed."""
+    from tests.postgres_support import shared_server
+
+    with shared_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_server():  # type: ignore[no-untyped-def]
+    """A PostgreSQL cluster of this test's own (to stop and restart), removed after it."""
+    from tests.postgres_support import running
+
+    with running() as server:
+        yield server

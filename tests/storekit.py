@@ -170,6 +170,32 @@ async def corrupt_redis(store: EventStore, namespace: str, seq: int) -> None:
             await pipe.execute()
 
 
+async def corrupt_postgres(store: EventStore, namespace: str, seq: int) -> None:
+    """Flip a byte inside one row's body through a connection of its own, leaving its checksum."""
+    import asyncpg
+
+    conn = await asyncpg.connect(store._url)  # type: ignore[attr-defined]
+    try:
+        body = await conn.fetchval(
+            "SELECT body FROM lockerbus_events WHERE namespace = $1 AND seq = $2", namespace, seq
+        )
+        await conn.execute(
+            "UPDATE lockerbus_events SET body = $3 WHERE namespace = $1 AND seq = $2",
+            namespace,
+            seq,
+            flip_byte(bytes(body), len(body) // 2),
+        )
+    finally:
+        await conn.close()
+
+
+def postgres_url(directory: Path, name: str) -> str:
+    """A database of its own on the session's cluster (created the first time it is named)."""
+    from tests.postgres_support import shared
+
+    return shared().database(f"{directory}/{name}")
+
+
 def redis_url(directory: Path, name: str) -> str:
     from tests.redis_support import shared_url
 
@@ -189,6 +215,7 @@ BACKENDS = {
     "memory": Backend("memory", lambda _dir, _name: "memory", corrupt_memory),
     "sqlite": Backend("sqlite", lambda d, name: f"sqlite:///{d / name}.db", corrupt_sqlite),
     "redis": Backend("redis", redis_url, corrupt_redis),
+    "postgresql": Backend("postgresql", postgres_url, corrupt_postgres),
 }
 
 

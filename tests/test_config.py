@@ -137,7 +137,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "host": ["", "  "],
     "port": ["abc", "70000", "-1", "8080.5", ""],
     "secret": ["short", "", "x" * 31],
-    "store": ["mysql://db", "", "sqlite:///"],
+    "store": ["mysql://db", "", "sqlite:///", "postgresql://"],
     "message_queue": ["amqp://queue"],
     "max_events": ["0", "-1", "ten", "1e3"],
     "ttl_hours": ["0", "-1", "nan", "inf", "x"],
@@ -367,3 +367,13 @@ def test_retention_per_namespace_from_env_and_file(toml_file: Any) -> None:
         )
     with pytest.raises(ConfigError, match=r"^LOCKERBUS_RETENTION: '/ws/x' is not a namespace"):
         load_settings(env={"LOCKERBUS_RETENTION": '{"/ws/x": {"ttl_hours": 1}}'})
+
+
+def test_a_postgresql_store_may_be_shared_through_a_message_queue() -> None:
+    url = "postgresql://lockerbus:pw@db.example:5432/events"
+    env = {"LOCKERBUS_STORE": url, "LOCKERBUS_MESSAGE_QUEUE": "redis://mq:6379/0"}
+    settings = load_settings(env=env)
+    assert (settings.store, settings.message_queue) == (url, "redis://mq:6379/0")
+    alone = {"LOCKERBUS_STORE": "sqlite:///x.db", "LOCKERBUS_MESSAGE_QUEUE": "redis://mq:6379/0"}
+    with pytest.raises(ConfigError, match=r"^LOCKERBUS_MESSAGE_QUEUE: instances share one store"):
+        load_settings(env=alone)

@@ -75,6 +75,8 @@ class Factory:
 async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Factory]:
     if request.param == "redis":
         request.getfixturevalue("redis_shared")
+    if request.param == "postgresql":
+        request.getfixturevalue("postgres_shared")
     factory = Factory(BACKENDS[request.param], tmp_path)
     yield factory
     for store in factory.stores:

@@ -1,4 +1,5 @@
-"""Event stores, chosen by URL: ``memory``, ``sqlite:///path.db``, ``redis://host:port/db``.
+"""Event stores, chosen by URL: ``memory``, ``sqlite:///path.db``, ``redis://host:port/db``,
+``postgresql://user:pass@host:port/db``.
 
 Each backend's module (and its driver) is imported only when its URL is used.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from ..config import MEMORY_URL, SQLITE_PREFIX, validate_store_url
+from ..config import MEMORY_URL, POSTGRES_SCHEMES, SQLITE_PREFIX, validate_store_url
 from .base import (
     Appended,
     DuplicateEvent,
@@ -54,6 +55,11 @@ def open_store(
         from .sqlite import SqliteEventStore
 
         return SqliteEventStore(url[len(SQLITE_PREFIX) :], options, clock=clock)
+    if url.startswith(POSTGRES_SCHEMES):
+        # By name, as Redis below: the driver is the optional extra lockerbus[postgres].
+        postgres_backend = importlib.import_module(".postgres", __name__)
+        pg_store: EventStore = postgres_backend.PostgresEventStore(url, options, clock=clock)
+        return pg_store
     # By name: the Redis backend (and its driver) is an optional extra that
     # type-checking must not require.
     redis_backend = importlib.import_module(".redis", __name__)

@@ -20,9 +20,15 @@ AFTER_RESTART = 1000 if HEAVY else 100
 
 
 async def test_sqlite_crash_keeps_every_acknowledged_event(server_process, tmp_path: Path) -> None:
-    server = server_process(
-        f"sqlite:///{tmp_path / 'events.db'}", replay_buffer_size=10_000, max_send_queue=20_000
+    await crash_keeps_every_acknowledged_event(
+        server_process, f"sqlite:///{tmp_path / 'events.db'}", "crash_sqlite"
     )
+
+
+async def crash_keeps_every_acknowledged_event(server_process, store: str, case: str) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL a server on durable ``store`` mid-stream, restart it: every acknowledged
+    event is stored as acknowledged, and every tracker resumes recovered."""
+    server = server_process(store, replay_buffer_size=10_000, max_send_queue=20_000)
     trackers = [await Tracker(server, f"panel-{i}").connect() for i in range(3)]
     http_pub = Publisher(server, "http", "kiosk-h")
     sock_pub = Publisher(server, "socket", "kiosk-s")
@@ -75,7 +81,7 @@ async def test_sqlite_crash_keeps_every_acknowledged_event(server_process, tmp_p
     await late.close()
     replayed = sum(c["count"] for t in trackers for c in t.completes[1:])
     record(
-        "crash_sqlite",
+        case,
         publish_attempts=http_pub.failed + sock_pub.failed + sock_pub2.failed + len(acked),
         acknowledged=len(acked),
         acknowledged_before_kill=acked_before,
