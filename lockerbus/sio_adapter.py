@@ -25,7 +25,7 @@ from engineio.base_socket import BaseSocket
 
 from .log import server_logger
 from .redisconn import where
-from .sio_receive import read_event, take_events
+from .sio_receive import event_loads, read_event, take_events
 
 TESTED_SOCKETIO: Final = ("5.",)
 TESTED_ENGINEIO: Final = ("4.",)
@@ -191,13 +191,14 @@ class HookedAsyncServer(socketio.AsyncServer):  # type: ignore[misc]
         self._handling: set[asyncio.Task[None]] = set()
         #: EVENT frames the receive fast path took (the rest went through python-socketio)
         self.events_taken = 0
+        self._loads = event_loads(self.packet_class.json)
         if self.async_handlers and tested("python-engineio", TESTED_ENGINEIO):
             take_events(self.eio, self._take_event)
 
     def _take_event(self, eio_sid: str, text: str) -> bool:
         """Handle the frame ``text`` when it is an EVENT read as python-socketio would
         (its ``_handle_event``); False: Engine.IO and python-socketio handle it."""
-        event = read_event(text, self.packet_class.json.loads)
+        event = read_event(text, self._loads)
         if event is None:
             return False
         namespace, ack_id, data = event

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from engineio import json as engineio_json
+
 #: Engine.IO MESSAGE + Socket.IO EVENT, to a namespace
 EVENT_PREFIX: Final = "42/"
 #: The taker hands a frame back to Engine.IO at least this often, so its read
@@ -27,6 +29,25 @@ EVENT_PREFIX: Final = "42/"
 TAKE_SECONDS: Final = 1.0
 MAX_ID_DIGITS: Final = 100  # python-socketio refuses an id of more digits
 _DIGITS: Final = frozenset("0123456789")
+MAX_INT_DIGITS: Final = 100  # python-engineio's json refuses a longer integer
+
+
+def _safe_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:
+        raise ValueError("Integer is too large")
+    return int(text)
+
+
+def event_loads(json_module: Any) -> Callable[[str], Any]:
+    """How to parse an EVENT's JSON as python-socketio's ``json`` module does.
+
+    Its default (``engineio.json``) is the stdlib's with integers of at most
+    100 digits, building a decoder per call; one decoder made once does the same.
+    """
+    if json_module is engineio_json:
+        return json.JSONDecoder(parse_int=_safe_int).decode
+    loads: Callable[[str], Any] = json_module.loads
+    return loads
 
 
 def read_event(text: str, loads: Any = json.loads) -> tuple[str, int | None, list[Any]] | None:

@@ -13,10 +13,12 @@ from socketio import packet as sio_packet
 
 from lockerbus import sio_receive
 from lockerbus.app import GATEWAY
-from lockerbus.sio_receive import read_event
+from lockerbus.sio_receive import event_loads, read_event
 from tests.support import locker_event
 
 LOCKERS = "/ws/lockers"
+#: python-socketio's default json module, as the server reads with it
+LOADS = event_loads(sio_packet.Packet.json)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -36,18 +38,18 @@ def socketio_reads(frame: str) -> tuple[str | None, int | None, Any]:
 @given(
     namespace=st.sampled_from(["/ws/lockers", "/ws/events", "/x", "/a-b", "/"]),
     ack_id=st.none() | st.integers(min_value=0, max_value=10**30),
-    data=st.lists(json_values, min_size=1, max_size=4),
+    data=st.lists(json_values | st.integers(min_value=10**98, max_value=10**100 - 1), min_size=1),
 )
 def test_an_event_frame_reads_as_python_socketio_reads_it(namespace, ack_id, data) -> None:
     frame = f"42{namespace},{'' if ack_id is None else ack_id}{json.dumps(data)}"
-    assert read_event(frame) == (namespace, ack_id, data)
+    assert read_event(frame, LOADS) == (namespace, ack_id, data)
     assert socketio_reads(frame) == (namespace, ack_id, data)
 
 
 @settings(max_examples=300, deadline=None)
 @given(frame=st.text(alphabet='42/ws,lockr0123456789[]{}"?-x ²', max_size=40))
 def test_whatever_it_reads_python_socketio_reads_the_same(frame: str) -> None:
-    read = read_event("42" + frame)
+    read = read_event("42" + frame, LOADS)
     if read is not None:
         assert socketio_reads("42" + frame) == read
 
@@ -66,10 +68,11 @@ def test_whatever_it_reads_python_socketio_reads_the_same(frame: str) -> None:
         '42/ws/lockers,1"publish"',
         "42/ws/lockers,1[" * 5000,  # nested too deep
         '43/ws/lockers,1["publish"]',  # an ACK, not an EVENT
+        f'42/ws/lockers,1["publish",{"9" * 101}]',  # an integer python-socketio refuses
     ],
 )
 def test_anything_else_is_left_to_python_socketio(frame: str) -> None:
-    assert read_event(frame) is None
+    assert read_event(frame, LOADS) is None
 
 
 async def open_raw(server: Any, http: Any, role: str = "gateway") -> Any:
