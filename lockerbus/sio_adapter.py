@@ -77,6 +77,9 @@ INTERNALS: Final = (
         "socketio.AsyncServer._send_packet", socketio.AsyncServer, "_send_packet", "coroutine"
     ),
     Internal(
+        "socketio.AsyncServer._binary_packet", socketio.AsyncServer, "_binary_packet", "assigned"
+    ),
+    Internal(
         "socketio.AsyncServer.manager_initialized",
         socketio.AsyncServer,
         "manager_initialized",
@@ -198,6 +201,8 @@ class HookedAsyncServer(socketio.AsyncServer):  # type: ignore[misc]
     def _take_event(self, eio_sid: str, text: str) -> bool:
         """Handle the frame ``text`` when it is an EVENT read as python-socketio would
         (its ``_handle_event``); False: Engine.IO and python-socketio handle it."""
+        if eio_sid in self._binary_packet:  # python-socketio reads it as an attachment
+            return False
         event = read_event(text, self._loads)
         if event is None:
             return False

@@ -145,3 +145,14 @@ async def test_an_event_for_a_namespace_not_joined_is_dropped(server, http) -> N
     await ws.send_str(f'42{LOCKERS},8["publish",{{}}]')
     assert [ack_id for ack_id, _ in await acks(ws, 1)] == [8]
     await ws.close()
+
+
+async def test_a_frame_while_attachments_are_due_goes_to_python_socketio(server, http) -> None:
+    ws = await open_raw(server, http)
+    placeholder = json.dumps(["publish", {"_placeholder": True, "num": 0}])
+    await ws.send_str(f"451-{LOCKERS},9{placeholder}")  # one binary attachment to follow
+    # python-socketio takes the next frame as that attachment, whatever it is
+    await ws.send_str(f'42{LOCKERS},10["publish",{{}}]')
+    await ws.send_str(f'42{LOCKERS},11["publish",{{}}]')
+    assert [ack_id for ack_id, _ in await acks(ws, 2)] == [9, 11]
+    await ws.close()
