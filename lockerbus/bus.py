@@ -216,7 +216,7 @@ class EventBus(SeedApi):
         )
 
     def _accepted(self, stored: Event, accepted_at: float) -> None:
-        self.metrics.published.labels(stored["type"]).inc()
+        self.metrics.stored(stored["type"])
         for listener in self.on_stored:
             try:
                 listener(stored)

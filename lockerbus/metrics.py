@@ -11,7 +11,7 @@ import bisect
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -204,6 +204,7 @@ class Metrics:
             registry=r,
         )
         self.latency = LatencyWindow()
+        self._published: dict[str, Any] = {}
 
     def observe_broadcast(self, seconds: float) -> None:
         """One broadcast handed to its recipients ``seconds`` after acceptance."""
@@ -218,6 +219,13 @@ class Metrics:
     def reject(self, reason: str) -> None:
         """A publish refused with wire code ``reason``."""
         self.rejected.labels(reason).inc()
+
+    def stored(self, event_type: str) -> None:
+        """One event of ``event_type`` accepted and stored."""
+        child = self._published.get(event_type)
+        if child is None:  # labels() is a lock and a look-up: once per type
+            child = self._published[event_type] = self.published.labels(event_type)
+        child.inc()
 
 
 def totals(counter: Counter) -> dict[str, int]:

@@ -12,6 +12,7 @@ closes the store).
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from dataclasses import dataclass
@@ -24,6 +25,12 @@ from .errors import StoreUnavailableError
 from .http import metrics_response
 from .log import access_logger, app_logger
 from .startup import listen_failed, startup_failed, store_failed, wait_for_store
+
+#: Allocations between young collections (CPython's default is 700).  A publish
+#: allocates a few dozen containers and keeps a few (the stored record), so at
+#: 700 the full collection (every 10 x 10 young ones) ran every ~10k events and
+#: scanned the whole heap: ~8 % of the server's CPU under a batch load.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 @dataclass(slots=True)
@@ -122,8 +129,18 @@ async def serve_until_signalled(settings: Settings) -> None:
     ):
         return
     running = await start(settings)
+    tune_gc()
     app_logger.info("listening on http://%s:%s", running.host, running.port)
     print(f"lockerbus serving on http://{running.host}:{running.port}", file=sys.stderr, flush=True)
     await stop.wait()
     app_logger.info("shutting down")
     await running.stop()
+
+
+def tune_gc() -> None:
+    """Move what startup built (modules, schemas, the app) out of the collector's
+    scans, and collect young objects less often (see GC_YOUNG_THRESHOLD)."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)

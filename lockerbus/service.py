@@ -43,6 +43,11 @@ DEFAULT_MAX_EVENT_BYTES = 65536
 
 
 _second_prefix: tuple[int, str] = (-1, "")
+#: ids made from one os.urandom call
+RANDOM_IDS = 256
+_VARIANTS = "89ab"
+_random_hex = ""
+_random_at = 0
 
 
 def utc_now_iso() -> str:
@@ -60,12 +65,27 @@ def utc_now_iso() -> str:
 
 
 def new_event_id() -> str:
-    """A random UUID4 as text, as ``str(uuid.uuid4())`` gives in less than half the time."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    x = raw.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    """A random UUID4 as text, as ``str(uuid.uuid4())`` gives, in a fraction of its time.
+
+    The random bits come from ``os.urandom`` in blocks of RANDOM_IDS ids (one
+    system call per block, not per id); a forked child starts a block of its own.
+    """
+    global _random_hex, _random_at
+    at = _random_at
+    if at >= len(_random_hex):
+        _random_hex, at = os.urandom(16 * RANDOM_IDS).hex(), 0
+    _random_at = at + 32
+    x = _random_hex[at : at + 32]
+    variant = _VARIANTS[int(x[16], 16) & 3]  # RFC 4122 variant: 10xx
+    return f"{x[:8]}-{x[8:12]}-4{x[13:16]}-{variant}{x[17:20]}-{x[20:]}"
+
+
+def _new_random_block() -> None:
+    global _random_hex, _random_at
+    _random_hex, _random_at = "", 0
+
+
+os.register_at_fork(after_in_child=_new_random_block)
 
 
 def parse_since(value: Any, name: str) -> datetime:

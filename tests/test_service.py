@@ -146,6 +146,26 @@ def test_event_ids_are_uuid4_and_distinct() -> None:
     for text in seen:
         assert UUID4.match(text)
         assert uuid.UUID(text).version == 4
+        assert uuid.UUID(text).variant == uuid.RFC_4122
+        assert str(uuid.UUID(text)) == text
+    assert {text[19] for text in seen} == set("89ab")  # the variant's two random bits
+
+
+def test_a_forked_child_makes_ids_of_its_own() -> None:
+    import os
+
+    new_event_id()  # the parent holds a block of random bits
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, " ".join(new_event_id() for _ in range(20)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    assert len(child) == 20
+    assert child.isdisjoint(new_event_id() for _ in range(20))
 
 
 def test_utc_now_iso_is_now_with_a_zone() -> None:

@@ -85,3 +85,16 @@ async def test_a_polling_client_that_never_polls_again_does_not_hold_the_stop() 
     finally:
         # bounded: the stop waits CLOSE_TIMEOUT_SECONDS at most for the close packet
         await asyncio.wait_for(running.stop(), 15)
+
+
+def test_serving_process_collects_young_objects_less_often() -> None:
+    # in a child process: freezing and the thresholds are process-wide
+    import subprocess
+    import sys
+
+    code = (
+        "import gc; from lockerbus.runner import GC_YOUNG_THRESHOLD, tune_gc; tune_gc(); "
+        "print(gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, gc.get_freeze_count() > 1000)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "True"]
