@@ -191,6 +191,7 @@ _COLUMNS: dict[str, tuple[list[tuple[str, str, int]], str]] = {
             ("server CPU s", "server.server_cpu_s", 2),
             ("server CPU ms/client", "server.connect_cpu_ms_per_client", 2),
             ("RSS after MB", "server.rss_ready_mb", 1),
+            ("accept queue overflows", "server.listen_overflows", 0),
         ],
         "connect_ms",
     ),

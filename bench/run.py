@@ -503,6 +503,7 @@ def run_fleet(
         machine: dict[str, float] = {}
         loadgen: dict[str, float] = {}
         gen_pids: list[int] = []
+        overflows = listen_overflows()
 
         def on_phase(message: dict[str, Any], loadgen_pid: int) -> None:
             event = message["event"]
@@ -521,6 +522,7 @@ def run_fleet(
                 rss[event] = memory_mb(pid)["VmRSS"]
 
         outcome = stream_loadgen(command, scenario.time_budget(), on_phase)
+        overflows = listen_overflows() - overflows
         if server.proc.poll() is None:
             rss["peak"] = memory_mb(pid)["VmHWM"]
         else:
@@ -531,6 +533,7 @@ def run_fleet(
         outcome["server_log"] = server.log_tail(30)
         return outcome
     measured = fleet_measure(scenario, outcome, server_cpu, rss, clock, loadgen, machine)
+    measured["listen_overflows"] = overflows
     measured["quiet_wait_s"] = waited
     measured["busy_before_pct"] = busy
     return {**outcome, "server": measured}
@@ -1036,6 +1039,17 @@ def best_of_fleet(
     if len(ok) != len(runs):
         return next(r for r in runs if r["status"] != "ok")
     return min(ok, key=lambda r: r["server"].get("background_cpu_pct") or 0.0)
+
+
+def listen_overflows() -> int:
+    """TcpExt ListenOverflows of the machine: connections dropped because an accept queue
+    (the listen backlog) was full. Machine-wide, so other work counts too."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table.get("ListenOverflows", 0))
+    return 0
 
 
 def raise_open_files_limit() -> None:
