@@ -229,6 +229,7 @@ _COLUMNS: dict[str, tuple[list[tuple[str, str, int]], str]] = {
             ("dup", "duplicates", 0),
             ("recovered", "recovered", 0),
             ("server CPU s", "server.server_cpu_s", 2),
+            ("accept queue overflows", "server.listen_overflows", 0),
         ],
         "storm_ms",
     ),
