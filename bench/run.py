@@ -300,7 +300,8 @@ class Server:
         return self.proc.pid
 
     def log_tail(self, lines: int = 15) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         text = self.log_path.read_text(errors="replace").strip().splitlines()
         return "\n".join(text[-lines:])
 
@@ -949,6 +950,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {},
     }
     failed = False
+    results_path = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     with tempfile.TemporaryDirectory(prefix="lockerbus-bench-") as tmp:
         workdir = Path(tmp)
         if args.profile:
@@ -978,6 +980,9 @@ def main(argv: list[str] | None = None) -> int:
                     unavailable[name] = str(exc)
                     run = {"status": "unavailable", "reason": str(exc)}
                 runs[name] = run
+                if not args.profile:  # what was measured so far survives a crash or a ^C
+                    args.results_dir.mkdir(parents=True, exist_ok=True)
+                    results_path.write_text(json.dumps(report, indent=2) + "\n")
                 if isinstance(scenario, FleetScenario):
                     print(f"bench:   {fleet_summary_line(run)}", file=sys.stderr, flush=True)
                     failed = failed or fleet_failed(run)
@@ -992,9 +997,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         return 1 if failed else 0
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    out = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"bench: results in {out}", file=sys.stderr)
+    results_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"bench: results in {results_path}", file=sys.stderr)
     if not (args.quick or args.no_docs):
         write_docs(args.docs, report)
         print(f"bench: table written to {args.docs}", file=sys.stderr)
@@ -1002,7 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render_markdown(report))
     if any(isinstance(s, FleetScenario) for s in scenarios):
         print("\n".join(fleet_render(report)))
-    print(json.dumps({"results": str(out), "failed": failed}))
+    print(json.dumps({"results": str(results_path), "failed": failed}))
     return 1 if failed else 0
 
 
