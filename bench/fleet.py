@@ -221,6 +221,7 @@ _COLUMNS: dict[str, tuple[list[tuple[str, str, int]], str]] = {
     "recover": (
         [
             ("replay", "replay", 0),
+            ("first publish after the disconnects ms", "first_publish_after_disconnect_ms", 0),
             ("time to all caught up ms", "storm_ms", 0),
             ("per client p50 ms", "storm_per_client_ms.p50", 0),
             ("p99 ms", "storm_per_client_ms.p99", 0),
