@@ -1,5 +1,7 @@
 // Optional third column for scripts/bench: the same baseline as plain_server.py
 // on Node's socket.io server (no validation, no store), permessage-deflate off.
+// --recovery turns on socket.io's connection-state recovery (the fleet storm
+// scenario compares lockerbus's last_seq replay with it).
 import { createServer } from "node:http";
 import { randomUUID } from "node:crypto";
 import { parseArgs } from "node:util";
@@ -9,6 +11,7 @@ const { values: opt } = parseArgs({
   options: {
     host: { type: "string", default: "127.0.0.1" },
     port: { type: "string", default: "8091" },
+    recovery: { type: "boolean", default: false },
   },
 });
 if (!["127.0.0.1", "localhost", "::1"].includes(opt.host)) {
@@ -81,7 +84,12 @@ function handleHttp(req, res) {
 }
 
 const httpServer = createServer(handleHttp);
-const io = new Server(httpServer, { perMessageDeflate: false, httpCompression: false });
+const io = new Server(httpServer, {
+  perMessageDeflate: false,
+  httpCompression: false,
+  // a dropped client gets its rooms and every missed packet back on reconnect
+  ...(opt.recovery ? { connectionStateRecovery: { maxDisconnectionDuration: 2 * 60 * 1000 } } : {}),
+});
 
 for (const namespace of Object.keys(NAMESPACE_ROOMS)) {
   io.of(namespace).on("connection", (socket) => {

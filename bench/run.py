@@ -2,19 +2,22 @@
 
 For each scenario and target it starts the target server on a free 127.0.0.1
 port, drives it with the Node load generator (bench/loadgen.mjs, the official
-socket.io-client), samples the server's CPU time and RSS from /proc around the
-run, stops it, and finally writes bench-results/<timestamp>.json and the
-generated part of docs/benchmarks.md.
+socket.io-client; bench/fleet.mjs over several processes for the 10,000-client
+fleet scenarios of bench/fleet.py), samples the server's CPU time and RSS from
+/proc around the run, stops it, and finally writes
+bench-results/<timestamp>.json and the generated parts of docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import signal
@@ -32,6 +35,12 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from fleet import FLEET_BEGIN, FLEET_END, FLEET_SCENARIOS, FleetScenario
+from fleet import failed as fleet_failed
+from fleet import measure as fleet_measure
+from fleet import render as fleet_render
+from fleet import summary_line as fleet_summary_line
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -135,6 +144,9 @@ class Target:
     issue: Callable[[str, str], str] | None = None
     replay_complete: bool = False
     python: bool = True
+    #: server arguments and load generator flags for the fleet reconnect storm
+    recovery_args: list[str] = dataclasses.field(default_factory=list)
+    recovery_flags: list[str] = dataclasses.field(default_factory=list)
 
     def tokens(self, clients: int, kiosks: int = 0) -> dict[str, Any]:
         """The publisher's token and one per subscriber: ``kiosks`` kiosk tokens, then panels."""
@@ -168,6 +180,8 @@ def node_target() -> Target:
         title="Node socket.io",
         command=lambda port: [node, str(BENCH / "node_server.mjs"), f"--port={port}"],
         python=False,
+        recovery_args=["--recovery"],
+        recovery_flags=["--csr"],
     )
 
 
@@ -189,6 +203,7 @@ def lockerbus_target() -> Target:
         env=env,
         issue=lambda role, sub: issue_token(secret, role, sub, 3600),
         replay_complete=True,
+        recovery_flags=["--replay-complete"],
     )
 
 
@@ -262,7 +277,9 @@ def free_port() -> int:
 class Server:
     """A target server process on 127.0.0.1:port; stop() ends it by its pid."""
 
-    def __init__(self, target: Target, workdir: Path, label: str) -> None:
+    def __init__(
+        self, target: Target, workdir: Path, label: str, extra_args: list[str] | None = None
+    ) -> None:
         self.target = target
         self.port = free_port()
         self.log_path = workdir / f"{label}-{target.name}-server.log"
@@ -271,7 +288,11 @@ class Server:
         env["PYTHONUNBUFFERED"] = "1"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            target.command(self.port), stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            [*target.command(self.port), *(extra_args or [])],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
         )
 
     @property
@@ -279,7 +300,8 @@ class Server:
         return self.proc.pid
 
     def log_tail(self, lines: int = 15) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         text = self.log_path.read_text(errors="replace").strip().splitlines()
         return "\n".join(text[-lines:])
 
@@ -335,10 +357,22 @@ def run_loadgen(
         command.append("--replay-complete")
     if server.target.issue is None:  # no tokens, no scopes: every subscriber gets every event
         command.append("--unscoped")
+    return stream_loadgen(
+        command, scenario.time_budget(), lambda message, pid: on_phase(message["event"], pid)
+    )
+
+
+def stream_loadgen(
+    command: list[str], budget: float, on_phase: Callable[[dict[str, Any], int], None]
+) -> dict[str, Any]:
+    """Run a load generator to completion, calling ``on_phase`` on each phase line it prints.
+
+    Its result object, or {status: failed, error}; killed after ``budget`` s.
+    """
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=BENCH
     )
-    killer = threading.Timer(scenario.time_budget(), proc.kill)
+    killer = threading.Timer(budget, proc.kill)
     killer.start()
     result: dict[str, Any] | None = None
     error: str | None = None
@@ -357,7 +391,7 @@ def run_loadgen(
                 if message.get("connect_error"):
                     error += f" ({json.dumps(message['connect_error'])})"
             elif isinstance(event, str):
-                on_phase(event, proc.pid)
+                on_phase(message, proc.pid)
         stderr = proc.stderr.read() if proc.stderr else ""
         proc.wait()
     finally:
@@ -435,6 +469,72 @@ def run_one(target: Target, scenario: Scenario, workdir: Path, quiet_wait: float
         if idle_wall > 0.5:
             idle_cpu = marks["publish_start"] - marks["ready"]
             measured["idle_cpu_pct"] = round(100 * idle_cpu / idle_wall, 1)
+    measured["quiet_wait_s"] = waited
+    measured["busy_before_pct"] = busy
+    return {**outcome, "server": measured}
+
+
+def run_fleet(
+    target: Target, scenario: FleetScenario, workdir: Path, quiet_wait: float, procs: int
+) -> dict[str, Any]:
+    """Start ``target``, run a fleet scenario (bench/fleet.mjs) against it, stop it."""
+    waited, busy = wait_quiet(quiet_wait) if quiet_wait > 0 else (0.0, None)
+    tokens_path = workdir / f"{scenario.name}-{target.name}-tokens.json"
+    tokens_path.write_text(json.dumps(target.tokens(scenario.clients)))
+    recover = scenario.mode == "recover"
+    server = Server(target, workdir, scenario.name, target.recovery_args if recover else None)
+    command = [
+        "node",
+        str(BENCH / "fleet.mjs"),
+        f"--url=http://127.0.0.1:{server.port}",
+        f"--tokens={tokens_path}",
+        *scenario.loadgen_args(procs),
+    ]
+    if target.replay_complete:
+        command.append("--replay-complete")
+    if recover:
+        command += [f for f in target.recovery_flags if f != "--replay-complete"]
+    try:
+        server.wait_ready()
+        time.sleep(0.3)
+        pid = server.pid
+        server_cpu: dict[str, float] = {}
+        rss: dict[str, float] = {"start": memory_mb(pid)["VmRSS"]}
+        clock: dict[str, float] = {}
+        machine: dict[str, float] = {}
+        loadgen: dict[str, float] = {}
+        gen_pids: list[int] = []
+        overflows = listen_overflows()
+
+        def on_phase(message: dict[str, Any], loadgen_pid: int) -> None:
+            event = message["event"]
+            if event == "workers":
+                gen_pids[:] = [loadgen_pid, *message.get("pids", [])]
+                return
+            clock[event] = time.monotonic()
+            server_cpu[event] = cpu_seconds(pid)
+            machine[event] = machine_busy_seconds()
+            total = 0.0
+            for gen in gen_pids:
+                with contextlib.suppress(OSError):  # a generator process that has exited
+                    total += cpu_seconds(gen)
+            loadgen[event] = total
+            if event in ("ready", "idle"):
+                rss[event] = memory_mb(pid)["VmRSS"]
+
+        outcome = stream_loadgen(command, scenario.time_budget(), on_phase)
+        overflows = listen_overflows() - overflows
+        if server.proc.poll() is None:
+            rss["peak"] = memory_mb(pid)["VmHWM"]
+        else:
+            outcome = {"status": "failed", "error": f"server died: {server.log_tail()}"}
+    finally:
+        server.stop()
+    if outcome["status"] != "ok":
+        outcome["server_log"] = server.log_tail(30)
+        return outcome
+    measured = fleet_measure(scenario, outcome, server_cpu, rss, clock, loadgen, machine)
+    measured["listen_overflows"] = overflows
     measured["quiet_wait_s"] = waited
     measured["busy_before_pct"] = busy
     return {**outcome, "server": measured}
@@ -567,8 +667,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     runs = report["runs"]
-    flow = [s for s in report["scenarios"] if s["mode"] != "storm"]
-    storm = [s for s in report["scenarios"] if s["mode"] == "storm"]
+    classic = [s for s in report["scenarios"] if not s.get("fleet")]
+    flow = [s for s in classic if s["mode"] != "storm"]
+    storm = [s for s in classic if s["mode"] == "storm"]
     if flow:
         lines += [
             "| scenario | target | events/s | deliveries/s | p50 ms | p95 ms | p99 ms | max ms "
@@ -618,7 +719,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
     lines += ingest_table(report)
     ratio_rows = []
-    for scenario in report["scenarios"]:
+    for scenario in classic:
         pair = runs.get(scenario["name"], {})
         lb, plain = pair.get("lockerbus"), pair.get("plain")
         if not lb or not plain or lb["status"] != "ok" or plain["status"] != "ok":
@@ -698,16 +799,26 @@ socket.io-client in Node (`bench/loadgen.mjs`). See "How it measures" below.
 
 
 def write_docs(path: Path, report: dict[str, Any]) -> None:
-    block = render_markdown(report)
-    if path.exists():
-        text = path.read_text()
-        if DOCS_BEGIN in text and DOCS_END in text:
-            head, _, rest = text.partition(DOCS_BEGIN)
-            _, _, tail = rest.partition(DOCS_END)
-            path.write_text(head + block + tail)
-            return
+    """Replace the generated blocks of ``path`` with this report's tables.
+
+    The classic scenarios and the fleet scenarios have a block each; a run
+    rewrites only the block(s) of the scenarios it ran.
+    """
+    blocks = []
+    if any(not s.get("fleet") for s in report["scenarios"]):
+        blocks.append((DOCS_BEGIN, DOCS_END, render_markdown(report)))
+    if any(s.get("fleet") for s in report["scenarios"]):
+        blocks.append((FLEET_BEGIN, FLEET_END, "\n".join(fleet_render(report))))
+    text = path.read_text() if path.exists() else DOCS_HEADER
+    for begin, end, block in blocks:
+        if begin in text and end in text:
+            head, _, rest = text.partition(begin)
+            _, _, tail = rest.partition(end)
+            text = head + block + tail
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(DOCS_HEADER + block + "\n")
+    path.write_text(text)
 
 
 # --------------------------------------------------------------------------
@@ -721,12 +832,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--scenario",
         action="append",
-        choices=sorted(SCENARIOS),
-        help="run only this scenario (repeatable; default all)",
+        choices=sorted([*SCENARIOS, *FLEET_SCENARIOS]),
+        help="run only this scenario (repeatable; default all but the fleet ones)",
     )
     parser.add_argument(
-        "--targets", default="plain,lockerbus", help="comma list of plain, lockerbus, node"
+        "--fleet",
+        action="store_true",
+        help="run the 10,000-client fleet scenarios (connect_10k, fanout_10k, idle_10k, "
+        "storm_10k); targets default to plain,lockerbus,node",
     )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        help="clients of the fleet scenarios (default 10,000; e.g. 200 for a smoke run)",
+    )
+    parser.add_argument(
+        "--procs",
+        type=int,
+        default=4,
+        help="load generator processes for the fleet scenarios (default 4)",
+    )
+    parser.add_argument("--targets", help="comma list of plain, lockerbus, node")
     parser.add_argument("--duration", type=float, help="seconds of publishing per scenario")
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per scenario and target; keeps the quietest"
@@ -756,6 +882,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "and write collapsed stacks to DIR",
     )
     args = parser.parse_args(argv)
+    fleet = args.fleet or any(name in FLEET_SCENARIOS for name in args.scenario or ())
+    if args.targets is None:
+        args.targets = "plain,lockerbus,node" if fleet else "plain,lockerbus"
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in TARGETS]
     if unknown or not targets:
@@ -769,6 +898,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.quiet_wait = min(args.quiet_wait, 5.0)
     if args.duration is not None and not 0.5 <= args.duration <= 120:
         parser.error("--duration must be between 0.5 and 120 seconds")
+    if args.clients is not None and not 10 <= args.clients <= 12_000:
+        parser.error("--clients must be between 10 and 12,000")
+    if not 1 <= args.procs <= 16:
+        parser.error("--procs must be between 1 and 16")
     return args
 
 
@@ -779,11 +912,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: table written to {args.docs}", file=sys.stderr)
         return 0
     ensure_node_modules()
-    names = args.scenario or list(SCENARIOS)
-    scenarios = [QUICK] if args.quick else [SCENARIOS[name] for name in names]
+    raise_open_files_limit()
+    names = list(args.scenario or ([] if args.fleet else SCENARIOS))
+    if args.fleet:
+        names += [name for name in FLEET_SCENARIOS if name not in names]
+    scenarios: list[Scenario | FleetScenario] = (
+        [QUICK]
+        if args.quick
+        else [SCENARIOS[name] if name in SCENARIOS else FLEET_SCENARIOS[name] for name in names]
+    )
     if args.duration is not None:
         scenarios = [
-            s if s.mode == "storm" else dataclasses.replace(s, duration=args.duration)
+            s if s.mode in ("storm", "connect", "idle", "recover")
+            else dataclasses.replace(s, duration=args.duration)
+            for s in scenarios
+        ]  # fmt: skip
+    if args.clients is not None:
+        scenarios = [
+            dataclasses.replace(s, clients=args.clients) if isinstance(s, FleetScenario) else s
             for s in scenarios
         ]
     targets: dict[str, Target] = {}
@@ -804,6 +950,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {},
     }
     failed = False
+    results_path = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     with tempfile.TemporaryDirectory(prefix="lockerbus-bench-") as tmp:
         workdir = Path(tmp)
         if args.profile:
@@ -817,7 +964,11 @@ def main(argv: list[str] | None = None) -> int:
                 target = targets[name]
                 print(f"bench: {scenario.name} · {name} ...", file=sys.stderr, flush=True)
                 try:
-                    if args.profile:
+                    if isinstance(scenario, FleetScenario):
+                        if args.profile:
+                            continue
+                        run = best_of_fleet(target, scenario, workdir, args)
+                    elif args.profile:
                         if not target.python:
                             continue
                         out = args.profile / f"{scenario.name}-{name}.txt"
@@ -829,6 +980,13 @@ def main(argv: list[str] | None = None) -> int:
                     unavailable[name] = str(exc)
                     run = {"status": "unavailable", "reason": str(exc)}
                 runs[name] = run
+                if not args.profile:  # what was measured so far survives a crash or a ^C
+                    args.results_dir.mkdir(parents=True, exist_ok=True)
+                    results_path.write_text(json.dumps(report, indent=2) + "\n")
+                if isinstance(scenario, FleetScenario):
+                    print(f"bench:   {fleet_summary_line(run)}", file=sys.stderr, flush=True)
+                    failed = failed or fleet_failed(run)
+                    continue
                 print(f"bench:   {summary_line(run)}", file=sys.stderr, flush=True)
                 if run["status"] == "failed" or (
                     run["status"] == "ok"
@@ -839,14 +997,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         return 1 if failed else 0
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    out = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"bench: results in {out}", file=sys.stderr)
+    results_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"bench: results in {results_path}", file=sys.stderr)
     if not (args.quick or args.no_docs):
         write_docs(args.docs, report)
         print(f"bench: table written to {args.docs}", file=sys.stderr)
-    print(render_markdown(report))
-    print(json.dumps({"results": str(out), "failed": failed}))
+    if any(not isinstance(s, FleetScenario) for s in scenarios):
+        print(render_markdown(report))
+    if any(isinstance(s, FleetScenario) for s in scenarios):
+        print("\n".join(fleet_render(report)))
+    print(json.dumps({"results": str(results_path), "failed": failed}))
     return 1 if failed else 0
 
 
@@ -869,6 +1029,42 @@ def best_of(target: Target, scenario: Scenario, workdir: Path, args: argparse.Na
             for r in runs
         ]
     return best
+
+
+def best_of_fleet(
+    target: Target, scenario: FleetScenario, workdir: Path, args: argparse.Namespace
+) -> Any:
+    """Run a fleet scenario ``args.repeat`` times; keep the run least disturbed by other work."""
+    runs = [
+        run_fleet(target, scenario, workdir, args.quiet_wait, args.procs)
+        for _ in range(args.repeat)
+    ]
+    ok = [r for r in runs if r["status"] == "ok"]
+    if len(ok) != len(runs):
+        return next(r for r in runs if r["status"] != "ok")
+    return min(ok, key=lambda r: r["server"].get("background_cpu_pct") or 0.0)
+
+
+def listen_overflows() -> int:
+    """TcpExt ListenOverflows of the machine: connections dropped because an accept queue
+    (the listen backlog) was full. Machine-wide, so other work counts too."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table.get("ListenOverflows", 0))
+    return 0
+
+
+def raise_open_files_limit() -> None:
+    """Soft open-files limit up to the hard one: 10,000 clients are 10,000 descriptors.
+
+    The servers and the load generator processes inherit it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 16 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def summary_line(run: dict[str, Any]) -> str:

@@ -81,3 +81,34 @@ def test_http_ingest_bench_counts_accepted_events(tmp_path: Path) -> None:
         _assert_lossless(run, ordered=False)
         assert run["accepted_per_s"] > 0
         assert run["server"]["cpu_us_per_event"] is not None
+
+
+@pytest.mark.needs_node
+@pytest.mark.timeout(300)
+def test_fleet_storm_replays_every_missed_event_once(tmp_path: Path) -> None:
+    """The fleet reconnect storm at 40 clients: lockerbus by last_seq, Node by its
+    connection-state recovery; every client gets each missed event exactly once."""
+    report = _run_quick(
+        tmp_path,
+        "lockerbus,node",
+        "--scenario=storm_10k",
+        "--clients=40",
+        "--procs=2",
+        "--no-docs",
+    )
+    scenario = report["scenarios"][0]
+    assert scenario["fleet"] is True
+    assert scenario["clients"] == 40
+    for target, replay in (("lockerbus", "last_seq"), ("node", "connection-state recovery")):
+        run = report["runs"]["storm_10k"][target]
+        assert run["status"] == "ok", run
+        assert run["replay"] == replay
+        assert run["connect_failures"] == run["storm_failures"] == 0
+        assert run["lost"] == run["duplicates"] == run["reordered"] == 0
+        assert run["recovered"] == 40
+        assert run["storm_per_client_ms"]["count"] == 40
+        assert run["server"]["server_cpu_s"] is not None
+    # lockerbus flags what it replays (contract §6), one replay_complete per connection
+    lockerbus = report["runs"]["storm_10k"]["lockerbus"]
+    assert lockerbus["replayed_flagged"] == 40 * scenario["missed"]
+    assert lockerbus["replay_complete"] == 2 * 40  # first connect (replay: false), reconnect
