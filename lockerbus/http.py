@@ -11,7 +11,6 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -32,7 +31,7 @@ from .log import access_logger
 from .metrics import Metrics
 from .reads import read_events
 from .responses import error_response, json_response
-from .service import parse_since
+from .service import loads_exact, parse_since
 from .store import EventStore
 
 MAX_PAGE: Final = 1000
@@ -205,11 +204,7 @@ class HttpApi:
         limit = limit or self.max_body
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLargeError(f"request body is over {limit} bytes")
-        body = await _read_body(request, limit)
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequestError(f"body is not valid JSON: {exc}") from None
+        return loads_exact(await _read_body(request, limit))
 
     async def get_events(self, request: web.Request) -> web.Response:
         """Page through a namespace's history, oldest first, within the caller's scope."""

@@ -7,11 +7,13 @@ valid before it is stored, emitted or answered.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from marshmallow import ValidationError
@@ -109,33 +111,63 @@ def dumps(value: Any) -> bytes:
         raise BadRequestError(f"not representable as JSON: {exc}") from None
 
 
+# orjson (the stores' and the wire's encoder) carries integers of 64 bits, signed or not
+MIN_INT: Final = -(2**63)
+MAX_INT: Final = 2**64 - 1
+_LONG_NUMBER: Final = re.compile(rb"\d{19}")  # a literal that may be out of orjson's range
+
+
+def loads_exact(body: bytes) -> Any:
+    """Decode a request body; integers stay exact, even those orjson would read as floats.
+
+    orjson turns an integer literal beyond 64 bits into a float, silently
+    changing the number; such a body is decoded by the stdlib instead, so
+    validation sees the integer and refuses it naming its field.
+    """
+    try:
+        if _LONG_NUMBER.search(body):
+            return json.loads(body, parse_constant=_no_constant)
+        return orjson.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
+        raise BadRequestError(f"body is not valid JSON: {exc}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def unencodable(value: Any, prefix: str) -> LockerbusError:
-    """Why ``value`` cannot be stored as JSON, naming the field when a string is not valid
-    Unicode (a lone surrogate passes the schemas but no UTF-8 encoder)."""
-    path = _bad_text(value, prefix)
-    if path is not None:
-        return EventValidationError({path: ["Not valid Unicode text (a lone surrogate)."]})
+    """Why ``value`` cannot be stored as JSON, naming the field: a string that is not
+    valid Unicode (a lone surrogate passes the schemas but no UTF-8 encoder), or an
+    integer beyond 64 bits."""
+    found = _bad_value(value, prefix)
+    if found is not None:
+        return EventValidationError({found[0]: [found[1]]})
     return BadRequestError(f"{prefix or 'the event'} is not representable as JSON")
 
 
-def _bad_text(value: Any, path: str) -> str | None:
-    """The path of the first string (key or value) UTF-8 cannot encode, or None."""
+def _bad_value(value: Any, path: str) -> tuple[str, str] | None:
+    """The path of the first value (key or value) JSON cannot carry here, and why."""
     if isinstance(value, str):
         try:
             value.encode()
         except UnicodeEncodeError:
-            return path or "_schema"
+            return path or "_schema", "Not valid Unicode text (a lone surrogate)."
         return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if MIN_INT <= value <= MAX_INT:
+            return None
+        return path or "_schema", "Integer out of range: at most 64 bits (-2**63 to 2**64-1)."
     if isinstance(value, Mapping):
         for key, item in value.items():
             name = str(key).encode(errors="backslashreplace").decode()  # the answer must encode
             where = f"{path}.{name}" if path else name
-            found = _bad_text(key, where) or _bad_text(item, where)
+            found = _bad_value(key, where) or _bad_value(item, where)
             if found is not None:
                 return found
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            found = _bad_text(item, f"{path}.{index}" if path else str(index))
+            found = _bad_value(item, f"{path}.{index}" if path else str(index))
             if found is not None:
                 return found
     return None

@@ -27,6 +27,7 @@ from tests.support import (
 )
 
 LOCKERS = "/ws/lockers"
+ANY_64_BIT_MESSAGE = "Integer out of range: at most 64 bits (-2**63 to 2**64-1)."
 
 
 def with_id(payload: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
@@ -235,6 +236,59 @@ async def test_a_lone_surrogate_is_a_validation_error_naming_the_field(server) -
     assert list(ack["error"]["fields"]) == ["room"]
     ok = await gateway.call("publish", locker_event(0), LOCKERS)
     assert ok["ok"] is True and ok["event"]["seq"] == 1, "nothing failed in the store"
+
+
+async def post_raw(server: Any, http: aiohttp.ClientSession, body: bytes) -> tuple[int, Any]:
+    headers = {**server.headers("gateway"), "Content-Type": "application/json"}
+    async with http.post(f"{server.url}/api/events", data=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**40])
+async def test_an_integer_beyond_64_bits_is_refused_naming_the_field_on_every_path(
+    server, http, number: int
+) -> None:
+    # orjson read such a literal as a float over HTTP (the number silently changed)
+    payload = locker_event(0)
+    payload["data"]["metadata"] = {"count": number}
+    status, body = await post_event(server, http, payload)
+    assert status == 422, body
+    assert body["error"]["fields"] == {"data.metadata.count": [ANY_64_BIT_MESSAGE]}
+    gateway = await connect(server, LOCKERS, role="gateway", auth={"replay": False})
+    ack = await gateway.call("publish", payload, LOCKERS)
+    assert ack["error"]["code"] == "validation_error"
+    assert ack["error"]["fields"] == body["error"]["fields"]
+    _, batch = await post_batch(server, http, {"events": [payload, locker_event(1)]})
+    assert batch["results"][0]["error"]["fields"] == body["error"]["fields"]
+    assert batch["results"][1]["ok"] is True and batch["results"][1]["event"]["seq"] == 1
+
+
+async def test_the_64_bit_limits_are_kept_exactly(server, http) -> None:
+    payload = locker_event(0)
+    payload["data"]["metadata"] = {"max": 2**64 - 1, "min": -(2**63), "text": "1" * 40}
+    status, body = await post_event(server, http, payload)
+    assert status == 201, body
+    assert body["data"]["metadata"] == payload["data"]["metadata"]
+    async with http.get(
+        f"{server.url}/api/events?namespace={LOCKERS}", headers=server.headers("admin")
+    ) as resp:
+        [stored] = (await resp.json())["events"]
+    assert stored["data"]["metadata"] == payload["data"]["metadata"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type": "locker_state_changed", "n": 12345678901234567890123, "x": NaN}',
+        b'{"n": 12345678901234567890123, "deep": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+        b'{"n": 12345678901234567890123, "cut": ',
+    ],
+    ids=["nan", "too-deep", "truncated"],
+)
+async def test_a_body_with_long_numbers_is_still_checked_as_json(server, http, raw: bytes) -> None:
+    status, body = await post_raw(server, http, raw)
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    assert body["error"]["message"].startswith("body is not valid JSON")
 
 
 @settings(max_examples=150, deadline=None)
