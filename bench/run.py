@@ -875,6 +875,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--no-docs", action="store_true", help="do not touch docs (implied by --quick)"
     )
     parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="LOCKERBUS_STORE for the lockerbus target (e.g. postgresql://… or sqlite:///…); "
+        "the docs tables are for the default store, so this implies --no-docs",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -896,6 +902,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--repeat must be between 1 and 10")
     if args.quick:
         args.quiet_wait = min(args.quiet_wait, 5.0)
+    if args.store:
+        args.no_docs = True
     if args.duration is not None and not 0.5 <= args.duration <= 120:
         parser.error("--duration must be between 0.5 and 120 seconds")
     if args.clients is not None and not 10 <= args.clients <= 12_000:
@@ -940,6 +948,9 @@ def main(argv: list[str] | None = None) -> int:
         except Unavailable as exc:
             unavailable[name] = str(exc)
             print(f"bench: {name} unavailable: {exc}", file=sys.stderr, flush=True)
+    if args.store and "lockerbus" in targets:
+        targets["lockerbus"].env["LOCKERBUS_STORE"] = args.store
+        targets["lockerbus"].title = f"lockerbus ({args.store.split(':', 1)[0]} store)"
 
     started = datetime.now(UTC)
     report: dict[str, Any] = {

@@ -112,3 +112,12 @@ def test_fleet_storm_replays_every_missed_event_once(tmp_path: Path) -> None:
     lockerbus = report["runs"]["storm_10k"]["lockerbus"]
     assert lockerbus["replayed_flagged"] == 40 * scenario["missed"]
     assert lockerbus["replay_complete"] == 2 * 40  # first connect (replay: false), reconnect
+
+
+@pytest.mark.needs_node
+@pytest.mark.timeout(300)
+def test_the_store_option_runs_lockerbus_on_that_store(tmp_path: Path) -> None:
+    database = tmp_path / "bench.db"
+    report = _run_quick(tmp_path, "lockerbus", "--quick", f"--store=sqlite:///{database}")
+    _assert_lossless(report["runs"]["quick"]["lockerbus"])
+    assert database.stat().st_size > 0, "the server wrote its events to the SQLite file"
