@@ -22,7 +22,7 @@ import asyncio
 import struct
 import time
 import weakref
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from engineio import packet as eio_packet
@@ -41,21 +41,44 @@ BUSY_SECONDS = 0.001
 
 
 class Outgoing:
-    """One encoded message: its Engine.IO packet and, made on first use, its websocket frame."""
+    """One encoded message: its Engine.IO packet and, made on first use, its websocket frame.
 
-    __slots__ = ("_frame", "coalesce", "packet")
+    Made from a packet, or from a Socket.IO packet's UTF-8 text (a replay built from
+    stored bytes): then the Engine.IO packet is made only if it is queued.
+    """
 
-    def __init__(self, packet: eio_packet.Packet, *, coalesce: bool = False) -> None:
-        self.packet = packet
+    __slots__ = ("_frame", "_packet", "_text", "coalesce")
+
+    def __init__(
+        self,
+        packet: eio_packet.Packet | None = None,
+        *,
+        coalesce: bool = False,
+        text: bytes | None = None,
+    ) -> None:
+        if (packet is None) == (text is None):
+            raise ValueError("give a packet or its text, not both")
+        self._packet = packet
+        self._text = text
         #: may wait a few loop turns to share a write (acks); a broadcast goes at once
         self.coalesce = coalesce
         self._frame: bytes | None = None
 
     @property
+    def packet(self) -> eio_packet.Packet:
+        """The Engine.IO MESSAGE packet (for Engine.IO's queue: long-polling, a busy writer)."""
+        if self._packet is None:
+            assert self._text is not None
+            self._packet = eio_packet.Packet(eio_packet.MESSAGE, data=self._text.decode())
+        return self._packet
+
+    @property
     def frame(self) -> bytes:
         """The unmasked, uncompressed text frame a server sends (RFC 6455 §5.2)."""
         if self._frame is None:
-            payload = self.packet.encode().encode()
+            # b"4" + text: what Packet.encode() gives for a text MESSAGE
+            text = self._text
+            payload = b"4" + text if text is not None else self.packet.encode().encode()
             size = len(payload)
             if size < 126:
                 header = struct.pack("!BB", 0x81, size)
@@ -72,6 +95,25 @@ def encode_event(namespace: str, name: str, payload: Any) -> Outgoing:
     body = orjson.dumps([name, payload]).decode()
     text = f"2{namespace},{body}" if namespace != "/" else f"2{body}"
     return Outgoing(eio_packet.Packet(eio_packet.MESSAGE, data=text))
+
+
+_REPLAYED: Final = b'"replayed":'
+
+
+def replayed_json(json: bytes) -> bytes:
+    """A stored envelope's JSON with ``"replayed": true`` added: exactly the bytes
+    ``orjson.dumps({**event, "replayed": True})`` gives, without decoding the event."""
+    if _REPLAYED not in json and json[-1:] == b"}" and len(json) > 2:
+        return json[:-1] + b',"replayed":true}'
+    # "replayed" somewhere in it (perhaps only inside data): do what a dict merge does
+    return orjson.dumps({**orjson.loads(json), "replayed": True})
+
+
+def encode_replayed(namespace: str, name: str, json: bytes) -> Outgoing:
+    """:func:`encode_event` of a stored event marked ``replayed``, built from its bytes."""
+    head = f"2{namespace}," if namespace != "/" else "2"
+    text = b"".join((head.encode(), b"[", orjson.dumps(name), b",", replayed_json(json), b"]"))
+    return Outgoing(text=text)
 
 
 def encode_ack(namespace: str, ack_id: Any, answer: Any) -> Outgoing | None:
@@ -95,6 +137,8 @@ class Sender:
         #: deliveries written straight to a transport / put on an Engine.IO queue
         self.direct = 0
         self.queued = 0
+        #: transport writes made here (each queued packet is one more, by Engine.IO's writer)
+        self.writes = 0
         self._pending: set[asyncio.Task[None]] = set()
         self.fast = fast_path_available(eio)
         self._transports: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -161,6 +205,7 @@ class Sender:
                     self._write(transport, out.frame)
                 else:
                     transport.write(out.frame)
+                    self.writes += 1
                 self._last[socket] = now
                 self.direct += 1
                 return True
@@ -169,6 +214,45 @@ class Sender:
         queue.put_nowait(out.packet)
         self.queued += 1
         return True
+
+    def send_many(self, eio_sid: str, outs: list[Outgoing]) -> bool | None:
+        """Send ``outs`` to ``eio_sid`` in order, in one transport write when its websocket
+        writer is idle (a replay: N events, not N writes); answers as :meth:`send`."""
+        if not self.fast:
+            answers = [self.send(eio_sid, out) for out in outs]
+            return False if False in answers else None if None in answers else True
+        socket = self._eio.sockets.get(eio_sid)
+        if socket is None or socket.closed or socket.closing:
+            return None
+        queue = socket.queue
+        transport = self._transports.get(socket)
+        if transport is not None:
+            if transport.is_closing():
+                return None
+            if transport.get_write_buffer_size() > self._max_buffer:
+                return False
+            batched = self._batched.get(transport)
+            if batched is not None:  # frames wait to share a write: these go behind them
+                batched.extend(out.frame for out in outs)
+                self._frames += len(outs)
+                self.direct += len(outs)
+                return True
+            if socket.upgraded and not socket.upgrading and writer_idle(queue):
+                transport.write(b"".join([out.frame for out in outs]))
+                self._last[socket] = time.monotonic()
+                self.direct += len(outs)
+                self.writes += 1
+                return True
+        # long-polling sends what is queued in one response; a busy websocket writer
+        # takes the queue in one batch
+        fits = True
+        for out in outs:
+            if queue.qsize() >= self._max_queue:
+                fits = False
+                break
+            queue.put_nowait(out.packet)
+            self.queued += 1
+        return fits
 
     def _write(self, transport: Any, frame: bytes) -> None:
         """Write ``frame`` a few turns of the loop later, with the others for ``transport``.
@@ -204,3 +288,4 @@ class Sender:
         for transport, frames in batched.items():
             if not transport.is_closing():
                 transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                self.writes += 1

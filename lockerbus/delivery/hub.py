@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
+
+import orjson
 
 from ..events import NAMESPACES, Event
 from ..log import server_logger
 from ..metrics import Metrics
+from ..store import StoredEvent
 from ..tags import tags_of
 from ..views import Audience
 from .connection import Connection
@@ -25,7 +28,13 @@ Readers = Audience[str, Connection]
 
 
 class Sender(Protocol):
-    """The transport: encodes once, queues per socket, in call order (lockerbus.fanout)."""
+    """The transport: encodes once, queues per socket, in call order (lockerbus.fanout).
+
+    A sender may also offer ``encode_replayed(namespace, name, json)`` (a stored
+    event's message, marked replayed, from its bytes) and ``send_many(eio_sid,
+    outs)`` (several messages, in as few writes as it can); the Hub falls back to
+    ``encode`` and ``send`` for one that does not.
+    """
 
     def encode(self, namespace: str, name: str, payload: Any) -> Any: ...
 
@@ -59,6 +68,12 @@ class Hub:
         self.overflowed: list[Connection] = []
         self._wake: asyncio.Event | None = None
         self._per_principal: dict[str, int] = {}
+        self._encode_replayed: Callable[[str, str, bytes], Any] = getattr(
+            sender, "encode_replayed", self._decode_and_encode
+        )
+        self._send_many: Callable[[str, list[Any]], bool | None] = getattr(
+            sender, "send_many", self._send_one_by_one
+        )
 
     def add(self, conn: Connection) -> None:
         self.connections[conn.namespace][conn.sid] = conn
@@ -162,6 +177,28 @@ class Hub:
         out = self._sender.encode(conn.namespace, name, payload)
         if self._sender.send(conn.eio_sid, out) is False:
             self._overflow(conn)
+
+    def encode(self, conn: Connection, name: str, payload: Any) -> Any:
+        """One message for ``conn`` (to go in :meth:`send_all`)."""
+        return self._sender.encode(conn.namespace, name, payload)
+
+    def encode_replayed(self, conn: Connection, events: Sequence[StoredEvent]) -> list[Any]:
+        """The messages replaying ``events`` to ``conn``, built from their stored bytes."""
+        encode, ns = self._encode_replayed, conn.namespace
+        return [encode(ns, event.type, event.json) for event in events]
+
+    def send_all(self, conn: Connection, outs: list[Any]) -> None:
+        """Queue several messages for one connection, in order, in as few writes as the
+        transport can (a replay and what follows it)."""
+        if self._send_many(conn.eio_sid, outs) is False:
+            self._overflow(conn)
+
+    def _decode_and_encode(self, namespace: str, name: str, json: bytes) -> Any:
+        return self._sender.encode(namespace, name, {**orjson.loads(json), "replayed": True})
+
+    def _send_one_by_one(self, eio_sid: str, outs: list[Any]) -> bool | None:
+        answers = [self._sender.send(eio_sid, out) for out in outs]
+        return False if False in answers else None if None in answers else True
 
     def _overflow(self, conn: Connection) -> None:
         """A connection that cannot keep up is dropped; it can reconnect and replay."""

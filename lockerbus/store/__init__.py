@@ -16,6 +16,9 @@ from .base import (
     NamespaceStats,
     ReplayResult,
     Retention,
+    StoredEvent,
+    StoredReplay,
+    StoredRow,
     StoreOptions,
     StoreStats,
 )
@@ -29,6 +32,9 @@ __all__ = [
     "Retention",
     "StoreOptions",
     "StoreStats",
+    "StoredEvent",
+    "StoredReplay",
+    "StoredRow",
     "open_store",
     "validate_store_url",
 ]
