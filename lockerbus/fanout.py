@@ -35,6 +35,8 @@ from .sio_adapter import fast_path_available, track_websockets, writer_idle
 FLUSH_ROUNDS = 64
 QUIET_ROUNDS = 8
 FLUSH_SECONDS = 0.003
+#: Turns of the loop a replay waits at most for a connection's writer to be idle.
+SETTLE_ROUNDS = 16
 #: A broadcast to a connection written to less than this ago waits to share a write;
 #: one to a quiet connection goes at once (a 1,000-client fan-out keeps its latency).
 BUSY_SECONDS = 0.001
@@ -214,6 +216,25 @@ class Sender:
         queue.put_nowait(out.packet)
         self.queued += 1
         return True
+
+    async def settle(self, eio_sid: str) -> None:
+        """Wait (a few turns of the loop at most) until ``eio_sid``'s websocket writer has
+        written what it took, so :meth:`send_many` can write at once rather than queue.
+
+        Just after the CONNECT answer is queued, the writer is still taking it (on
+        Python 3.11 its ``wait_for`` spends a task and a few turns on each get).
+        """
+        for _ in range(SETTLE_ROUNDS):
+            socket = self._eio.sockets.get(eio_sid) if self.fast else None
+            if (
+                socket is None
+                or socket.closed
+                or not socket.upgraded
+                or socket.upgrading
+                or writer_idle(socket.queue)
+            ):
+                return
+            await asyncio.sleep(0)
 
     def send_many(self, eio_sid: str, outs: list[Outgoing]) -> bool | None:
         """Send ``outs`` to ``eio_sid`` in order, in one transport write when its websocket

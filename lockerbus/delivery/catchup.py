@@ -80,6 +80,7 @@ class CatchUp:
             self._hub.remove(conn)
             await self._disconnect(conn.sid, ns)
             return
+        await self._hub.settle(conn)  # live events meanwhile are held: still replaying
         if self._hub.get(ns, conn.sid) is not conn:
             return  # gone while the store answered
         # From here to the end: no await, so no live event can slip in between.

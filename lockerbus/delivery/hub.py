@@ -33,7 +33,8 @@ class Sender(Protocol):
     A sender may also offer ``encode_replayed(namespace, name, json)`` (a stored
     event's message, marked replayed, from its bytes) and ``send_many(eio_sid,
     outs)`` (several messages, in as few writes as it can); the Hub falls back to
-    ``encode`` and ``send`` for one that does not.
+    ``encode`` and ``send`` for one that does not.  ``settle(eio_sid)``, a coroutine,
+    lets the connection's transport become ready for one write (few loop turns).
     """
 
     def encode(self, namespace: str, name: str, payload: Any) -> Any: ...
@@ -74,6 +75,7 @@ class Hub:
         self._send_many: Callable[[str, list[Any]], bool | None] = getattr(
             sender, "send_many", self._send_one_by_one
         )
+        self._settle: Callable[[str], Awaitable[None]] | None = getattr(sender, "settle", None)
 
     def add(self, conn: Connection) -> None:
         self.connections[conn.namespace][conn.sid] = conn
@@ -186,6 +188,11 @@ class Hub:
         """The messages replaying ``events`` to ``conn``, built from their stored bytes."""
         encode, ns = self._encode_replayed, conn.namespace
         return [encode(ns, event.type, event.json) for event in events]
+
+    async def settle(self, conn: Connection) -> None:
+        """Give the transport a moment (a few loop turns) to be ready for one write."""
+        if self._settle is not None:
+            await self._settle(conn.eio_sid)
 
     def send_all(self, conn: Connection, outs: list[Any]) -> None:
         """Queue several messages for one connection, in order, in as few writes as the
