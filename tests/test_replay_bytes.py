@@ -118,7 +118,7 @@ def test_an_outgoing_needs_a_packet_or_its_text() -> None:
         Outgoing()
 
 
-async def test_a_replay_of_many_events_takes_a_few_writes(server) -> None:
+async def test_a_replay_of_many_events_takes_a_few_writes(server) -> None:  # type: ignore[no-untyped-def]
     """300 missed events, replay_complete and all: at most 2 transport writes (one when
     the connection's writer is idle), where one write per event was made before."""
     store, sender = server.app[STORE], server.app[GATEWAY].sender
@@ -134,7 +134,7 @@ async def test_a_replay_of_many_events_takes_a_few_writes(server) -> None:
     assert (sender.writes - writes) + (sender.queued - queued) <= 2
 
 
-async def test_a_scoped_replay_from_bytes_keeps_only_what_its_scope_matches(server) -> None:
+async def test_a_scoped_replay_from_bytes_keeps_only_what_its_scope_matches(server) -> None:  # type: ignore[no-untyped-def]
     store = server.app[STORE]
     appended = [await store.append(unusual_event(i)) for i in range(30)]
     client = await connect(server, LOCKERS, role="kiosk", sub="kiosk-1", auth={"last_seq": 0})
