@@ -27,12 +27,12 @@ from typing import ClassVar, Generic, Literal, Self, TypeVar, cast
 from ..errors import StoreUnavailableError
 from ..events import Event
 from ..log import store_logger
-from .base import Appended, EventStore, ReplayResult, StoredReplay, StoreOptions
+from .base import Appended, EventStore, StoredReplay, StoreOptions
 from .codec import as_stored_replay
 from .state import StateTable, fold_history
 
 S = TypeVar("S")
-R = TypeVar("R", ReplayResult, StoredReplay)
+R = TypeVar("R")  # what a read answers: a ReplayResult or a StoredReplay
 
 State = Literal["new", "starting", "open", "closed"]
 
