@@ -1,14 +1,13 @@
-"""The default store: events in process memory, bounded by cachetools TTLCaches.
+"""The default store: events in process memory, one log per namespace.
 
-One cache per namespace owns lifetime (the namespace's TTL or a shorter
-per-event one) and capacity (the namespace's ``max_events``), so no
-namespace's events push another's out.  Its eviction order is least recently
-*used*, so this module never reads through it (no ``cache[key]``, ``get`` or
-``values()``): with no reads, "least recently used" is "least recently
-appended", and capacity eviction removes the oldest events first.  Reads go
-through a per-namespace index (:class:`~lockerbus.store.memory_log.Log`) that
-refers to the very same record objects, so each event is held once, as compact
-JSON bytes; a socket replay hands those records out as they are (no decode).
+Each namespace's :class:`~lockerbus.store.memory_log.Log` holds its records in
+seq order and owns their lifetime (the namespace's TTL, or a shorter per-event
+one) and capacity (the namespace's ``max_events``), so no namespace's events
+push another's out, and expiry and capacity eviction remove the oldest events
+first.  Each event is held once, as compact JSON bytes beside its type, room
+and tags; a socket replay hands those records out as they are (no decode).
+(Until issue 21 a cachetools TTLCache per namespace did the lifetime: its
+linked-list and LRU bookkeeping were half the cost of an append.)
 
 Everything here runs on the event loop without awaiting, so each method is
 atomic with respect to other coroutines; nothing touches disk or network.
@@ -16,14 +15,9 @@ atomic with respect to other coroutines; nothing touches disk or network.
 
 from __future__ import annotations
 
-import contextlib
-import heapq
-import itertools
 from collections.abc import Callable
 from datetime import datetime
 from typing import cast
-
-from cachetools import Cache, TTLCache
 
 from ..events import Event
 from ..recovery import decide
@@ -53,58 +47,6 @@ from .codec import (
 from .memory_log import Log, Record, failing_checksum
 from .state import STATE_NAMESPACES, StateKind, StateTable, change_of
 
-
-class _EventCache(TTLCache[Record, Record, float]):
-    """A TTLCache that reports every record it drops, and why.
-
-    TTLCache keeps one TTL for all items, in insertion order, which is what
-    makes its expiry and eviction oldest-first (and cheaper per append than
-    TLRUCache's heap).  Events given a shorter TTL of their own are also kept
-    in a small heap and dropped from the cache when that runs out.  Records
-    are their own keys (hashed by identity): no key object per event.
-    """
-
-    def __init__(
-        self,
-        maxsize: int,
-        timer: Callable[[], float],
-        ttl: float,
-        on_evict: Callable[[Record, str], None],
-    ) -> None:
-        super().__init__(maxsize, ttl, timer)
-        self._on_evict = on_evict
-        self._short: list[tuple[float, int, Record]] = []
-        self._ties = itertools.count()
-
-    def add(self, record: Record) -> None:
-        """Insert ``record``; a per-event TTL below the cache's shortens its life."""
-        self[record] = record
-        if record.ttl is not None and record.ttl < self.ttl:
-            expires = self.timer() + record.ttl
-            heapq.heappush(self._short, (expires, next(self._ties), record))
-
-    def expire(self, time: float | None = None) -> list[tuple[Record, Record]]:
-        if time is None:
-            time = self.timer()
-        expired = super().expire(time)
-        short = self._short
-        while short and not time < short[0][0]:
-            record = heapq.heappop(short)[2]
-            # Cache.__contains__: is it still here (not evicted), without TTL or LRU work.
-            if Cache.__contains__(self, record):
-                with contextlib.suppress(KeyError):  # TTLCache's "was already expired"
-                    del self[record]
-                expired.append((record, record))
-        for record, _ in expired:
-            self._on_evict(record, "ttl")
-        return expired
-
-    def popitem(self) -> tuple[Record, Record]:
-        key, record = super().popitem()
-        self._on_evict(record, "capacity")
-        return key, record
-
-
 #: A record that failed its checks, and why.
 _Suspect = tuple[Record, str]
 
@@ -117,7 +59,6 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
     ) -> None:
         super().__init__("the memory store", options, clock)
         self.epoch = new_epoch()
-        self._caches: dict[str, _EventCache] = {}
         self._logs: dict[str, Log] = {}
         #: event id -> its record while held (contract §12); dropped with the record
         self._ids: dict[str, Record] = {}
@@ -131,9 +72,6 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
 
     async def _release(self) -> None:
         """Drop every event (they die with the process anyway)."""
-        # Fresh caches rather than clear(): clear() pops items one by one through
-        # the eviction hook, which would count them as capacity evictions.
-        self._caches = {}
         self._logs.clear()
         self._ids.clear()
         self._table = StateTable()
@@ -157,15 +95,19 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
             self._table.check(change)  # no await until it is applied: atomic
         log = self._logs.get(namespace)
         if log is None:
-            log = self._logs[namespace] = Log(namespace)
-            self._caches[namespace] = self._new_cache(namespace)
+            retention = self._options.retention(namespace)
+            log = self._logs[namespace] = Log(
+                namespace, retention.max_events, retention.ttl_seconds
+            )
+        now = self._clock()
+        self._dropped(log.expire(now), "ttl")
         seq = log.last_seq + 1
         stored = {**event, "seq": seq, "epoch": self.epoch}
         blob = encode(stored)
         record = Record(log, seq, blob, checksum(blob), ttl_seconds, event_id, stored)
-        # May expire or evict older records first; this one is never the victim.
-        self._caches[namespace].add(record)
-        log.push(record, at)
+        evicted = log.push(record, at, now)  # never this record: max_events >= 1
+        if evicted is not None:
+            self._dropped([evicted], "capacity")
         if event_id:
             self._ids[event_id] = record
         if change is not None:
@@ -330,8 +272,8 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
     async def stats(self) -> StoreStats:
         """Counts per namespace, seq ranges and evictions by reason."""
         self._require_open()
-        for cache in self._caches.values():
-            cache.expire()
+        for namespace in self._logs:
+            self._expire(namespace)
         namespaces = {}
         for name, log in self._logs.items():
             oldest, newest = log.seq_range()
@@ -348,7 +290,7 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
     async def cleanup(self) -> int:
         """Drop expired events and verify every checksum; returns how many were removed."""
         self._require_open()
-        removed = sum(len(cache.expire()) for cache in list(self._caches.values()))
+        removed = sum(self._expire(namespace) for namespace in list(self._logs))
         for log in list(self._logs.values()):
             bad = [r for r in log.held_records() if checksum(r.blob) != r.crc]
             await self._repair([(record, "checksum mismatch") for record in bad])
@@ -357,22 +299,24 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
 
     # -- internals ----------------------------------------------------------
 
-    def _new_cache(self, namespace: str) -> _EventCache:
-        retention = self._options.retention(namespace)
-        return _EventCache(retention.max_events, self._clock, retention.ttl_seconds, self._evicted)
-
-    def _expire(self, namespace: str) -> None:
-        cache = self._caches.get(namespace)
-        if cache is not None:
-            cache.expire()
+    def _expire(self, namespace: str) -> int:
+        """Drop the namespace's expired records now; how many."""
+        log = self._logs.get(namespace)
+        if log is None:
+            return 0
+        gone = log.expire(self._clock())
+        self._dropped(gone, "ttl")
+        return len(gone)
 
     def _log(self, namespace: str) -> Log:
         return self._logs.get(namespace) or Log(namespace)
 
-    def _evicted(self, record: Record, reason: str) -> None:
-        if record.log.remove(record):
-            self._evictions[reason] += 1
-        self._forget_id(record)
+    def _dropped(self, records: list[Record], reason: str) -> None:
+        """Count records the log removed (expired, evicted) and free their ids."""
+        if records:
+            self._evictions[reason] += len(records)
+            for record in records:
+                self._forget_id(record)
 
     def _forget_id(self, record: Record) -> None:
         if self._ids.get(record.id) is record:
@@ -409,11 +353,6 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
     def _repair_now(self, suspects: list[_Suspect]) -> None:
         for record, why in suspects:
             self._forget_id(record)
-            # Not through cache.pop(): that reads the entry and would reorder the LRU.
-            cache = self._caches.get(record.log.namespace)
-            with contextlib.suppress(KeyError):
-                if cache is not None:
-                    del cache[record]
             if record.log.remove(record):
                 self._evictions["corrupt"] += 1
                 log_corrupt(record.log.namespace, record.seq, why)

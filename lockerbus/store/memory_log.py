@@ -3,6 +3,7 @@ them in seq order (see :mod:`lockerbus.store.memory`)."""
 
 from __future__ import annotations
 
+import heapq
 import zlib
 from array import array
 from bisect import bisect_left
@@ -51,7 +52,7 @@ class Record:
 
 
 class Log:
-    """One namespace's held records in seq order, found by position.
+    """One namespace's held records in seq order, found by position, and their lifetime.
 
     ``records[i]`` is seq ``base + i``, or None once that event is gone; every
     position below ``head`` is gone.  Seqs are assigned without holes, so a
@@ -59,14 +60,35 @@ class Log:
     ``time_max[i]`` is the largest timestamp up to ``i``: timestamps are set
     before append and can be slightly out of seq order, and a running maximum
     is what ``bisect`` needs to find where ``since`` starts.
+
+    Lifetime: every record expires ``ttl`` seconds (store clock) after its
+    append, so expiry, like capacity eviction, takes records from the head, in
+    append order (``expires[i]``, non-decreasing while the clock is); a record
+    given a shorter TTL of its own is also in the ``short`` heap.  Checking the
+    head is one comparison, which is what keeps an append cheap.
     """
 
-    __slots__ = ("base", "head", "held", "last_seq", "namespace", "records", "time_max", "times")
+    __slots__ = (
+        "base",
+        "expires",
+        "head",
+        "held",
+        "last_seq",
+        "max_events",
+        "namespace",
+        "records",
+        "short",
+        "time_max",
+        "times",
+        "ttl",
+    )
 
     _COMPACT_AT = 1024
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, max_events: int = 1, ttl: float = 1.0) -> None:
         self.namespace = namespace
+        self.max_events = max_events
+        self.ttl = ttl
         self.base = 1
         self.head = 0
         self.held = 0
@@ -74,15 +96,44 @@ class Log:
         self.records: list[Record | None] = []
         self.times = array("d")
         self.time_max = array("d")
+        self.expires = array("d")
+        self.short: list[tuple[float, int, Record]] = []
 
-    def push(self, record: Record, at: float) -> None:
+    def push(self, record: Record, at: float, now: float) -> Record | None:
+        """Add ``record`` (appended at store time ``now``); returns the oldest record
+        when that made the log exceed ``max_events`` (it is removed: capacity)."""
         self.records.append(record)
         self.times.append(at)
         self.time_max.append(
             at if not self.time_max or at > self.time_max[-1] else self.time_max[-1]
         )
+        self.expires.append(now + self.ttl)
+        if record.ttl is not None and record.ttl < self.ttl:
+            heapq.heappush(self.short, (now + record.ttl, record.seq, record))
         self.held += 1
         self.last_seq = record.seq
+        if self.held > self.max_events:
+            oldest = self.records[self.head]
+            assert oldest is not None  # head is a held record while any is held
+            self.remove(oldest)
+            return oldest
+        return None
+
+    def expire(self, now: float) -> list[Record]:
+        """Remove and return the records whose time is up at ``now``."""
+        gone: list[Record] = []
+        records, expires = self.records, self.expires
+        while self.head < len(records) and not now < expires[self.head]:
+            record = records[self.head]
+            assert record is not None
+            self.remove(record)
+            gone.append(record)
+        short = self.short
+        while short and not now < short[0][0]:
+            record = heapq.heappop(short)[2]
+            if self.remove(record):
+                gone.append(record)
+        return gone
 
     def remove(self, record: Record) -> bool:
         pos = record.seq - self.base
@@ -98,7 +149,7 @@ class Log:
             self.head = head
             # Dropping the front of a list is a memmove; do it rarely, in bulk.
             if head >= self._COMPACT_AT and head * 2 >= len(records):
-                del records[:head], self.times[:head], self.time_max[:head]
+                del records[:head], self.times[:head], self.time_max[:head], self.expires[:head]
                 self.base += head
                 self.head = 0
         return True
