@@ -4,17 +4,19 @@ events reaches the socket in a few writes, not one per event."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import socketio
 from engineio import packet as eio_packet
 
 from lockerbus.app import GATEWAY, STORE
 from lockerbus.fanout import Outgoing, encode_event, encode_replayed, replayed_json
-from lockerbus.store import EventStore
+from lockerbus.store import EventStore, StoredRow
 from lockerbus.store.codec import encode
 from tests.storekit import BACKENDS, make_event, seqs
 from tests.support import connect
@@ -97,17 +99,28 @@ async def test_a_stored_replay_across_a_corrupt_record_reports_the_hole(
             await store.close()
 
 
-@pytest.mark.parametrize("n", range(6))
-def test_a_replayed_frame_is_byte_for_byte_the_freshly_encoded_one(n: int) -> None:
-    event = {**unusual_event(n), "seq": n + 1, "epoch": "e1"}
-    if n == 4:
-        event["replayed"] = False  # a top-level "replayed" keeps its place, as a merge does
-    json = encode(event)
-    fresh = encode_event(LOCKERS, event["type"], {**event, "replayed": True})
-    built = encode_replayed(LOCKERS, event["type"], json)
-    assert built.frame == fresh.frame
-    assert built.packet.encode() == fresh.packet.encode()  # the queued (long-polling) form
-    assert orjson.loads(replayed_json(json)) == {**event, "replayed": True}
+def test_replayed_frames_are_byte_for_byte_the_freshly_encoded_ones() -> None:
+    events = [{**unusual_event(n), "seq": n + 1, "epoch": "e1"} for n in range(8)]
+    events[4]["replayed"] = False  # a top-level "replayed" keeps its place, as a merge does
+    events[5]["data"]["reason"] = "x" * 70_000  # a frame with a 64-bit length
+    events[6]["type"] = "help_requested"  # another event name in the same run
+    stored = [StoredRow(e["seq"], e["type"], e["room"], e["tags"], encode(e)) for e in events]
+    fresh = [encode_event(LOCKERS, e["type"], {**e, "replayed": True}) for e in events]
+    run = encode_replayed(LOCKERS, stored)
+    assert run.count == len(events)
+    assert run.frames == b"".join(out.frame for out in fresh)
+    # the queued (long-polling) form
+    assert [p.encode() for p in run.packets()] == [out.packet.encode() for out in fresh]
+    for event, row in zip(events, stored, strict=True):
+        assert orjson.loads(replayed_json(row.json)) == {**event, "replayed": True}
+
+
+def test_an_outgoing_from_text_is_the_one_from_its_packet() -> None:
+    text = '2/ws/lockers,["x",{"a":"\u00fc"}]'
+    from_packet = Outgoing(eio_packet.Packet(eio_packet.MESSAGE, data=text))
+    from_text = Outgoing(text=text.encode())
+    assert from_text.frame == from_packet.frame
+    assert from_text.packet.encode() == from_packet.packet.encode()
 
 
 def test_an_outgoing_needs_a_packet_or_its_text() -> None:
@@ -142,3 +155,38 @@ async def test_a_scoped_replay_from_bytes_keeps_only_what_its_scope_matches(serv
     mine = [{**e, "replayed": True} for e in appended if e["tags"]["kiosk"] == "kiosk-1"]
     assert client.events(LOCKERS, "locker_state_changed") == mine
     assert complete[0]["count"] == len(mine) == 10
+
+
+async def test_a_long_polling_client_gets_the_same_replay(server) -> None:  # type: ignore[no-untyped-def]
+    """Queued rather than written: one Engine.IO packet per event, same payloads.
+
+    (12 events: python-engineio's client refuses a poll answer of more than 16
+    packets, "Unexpected packet from server", which a longer replay is.)"""
+    store = server.app[STORE]
+    appended = [await store.append(unusual_event(i)) for i in range(12)]
+    received: list[tuple[str, Any]] = []
+    done = asyncio.Event()
+    sio = socketio.AsyncClient(reconnection=False)
+
+    @sio.on("*", namespace=LOCKERS)  # type: ignore[untyped-decorator]
+    async def any_event(name: str, payload: Any) -> None:
+        received.append((name, payload))
+        if name == "replay_complete":
+            done.set()
+
+    token = server.token("panel", "panel-polling")
+    await sio.connect(
+        server.url,
+        namespaces=[LOCKERS],
+        auth={"token": token, "last_seq": 0},
+        transports=["polling"],
+        wait_timeout=10,
+    )
+    try:
+        await asyncio.wait_for(done.wait(), 10)
+        assert sio.transport() == "polling"
+    finally:
+        # without waiting for the open long poll (held up to the ping interval)
+        await sio.eio.disconnect(abort=True)
+    assert received[-1][1]["count"] == 12
+    assert [p for n, p in received[:-1]] == [{**e, "replayed": True} for e in appended]

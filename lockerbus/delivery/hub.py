@@ -30,11 +30,12 @@ Readers = Audience[str, Connection]
 class Sender(Protocol):
     """The transport: encodes once, queues per socket, in call order (lockerbus.fanout).
 
-    A sender may also offer ``encode_replayed(namespace, name, json)`` (a stored
-    event's message, marked replayed, from its bytes) and ``send_many(eio_sid,
-    outs)`` (several messages, in as few writes as it can); the Hub falls back to
-    ``encode`` and ``send`` for one that does not.  ``settle(eio_sid)``, a coroutine,
-    lets the connection's transport become ready for one write (few loop turns).
+    A sender may also offer ``encode_replayed(namespace, events)`` (stored events'
+    messages, marked replayed, from their bytes: one item for ``send_many``) and
+    ``send_many(eio_sid, outs)`` (several messages, in as few writes as it can);
+    the Hub falls back to ``encode`` and ``send`` for one that does not.
+    ``settle(eio_sid)``, a coroutine, lets the connection's transport become
+    ready for one write (a few loop turns).
     """
 
     def encode(self, namespace: str, name: str, payload: Any) -> Any: ...
@@ -69,8 +70,8 @@ class Hub:
         self.overflowed: list[Connection] = []
         self._wake: asyncio.Event | None = None
         self._per_principal: dict[str, int] = {}
-        self._encode_replayed: Callable[[str, str, bytes], Any] = getattr(
-            sender, "encode_replayed", self._decode_and_encode
+        self._encode_replayed: Callable[[str, Sequence[StoredEvent]], Any] | None = getattr(
+            sender, "encode_replayed", None
         )
         self._send_many: Callable[[str, list[Any]], bool | None] = getattr(
             sender, "send_many", self._send_one_by_one
@@ -186,8 +187,12 @@ class Hub:
 
     def encode_replayed(self, conn: Connection, events: Sequence[StoredEvent]) -> list[Any]:
         """The messages replaying ``events`` to ``conn``, built from their stored bytes."""
-        encode, ns = self._encode_replayed, conn.namespace
-        return [encode(ns, event.type, event.json) for event in events]
+        if not events:
+            return []
+        if self._encode_replayed is not None:
+            return [self._encode_replayed(conn.namespace, events)]
+        encode, ns = self._sender.encode, conn.namespace
+        return [encode(ns, e.type, {**orjson.loads(e.json), "replayed": True}) for e in events]
 
     async def settle(self, conn: Connection) -> None:
         """Give the transport a moment (a few loop turns) to be ready for one write."""
@@ -199,9 +204,6 @@ class Hub:
         transport can (a replay and what follows it)."""
         if self._send_many(conn.eio_sid, outs) is False:
             self._overflow(conn)
-
-    def _decode_and_encode(self, namespace: str, name: str, json: bytes) -> Any:
-        return self._sender.encode(namespace, name, {**orjson.loads(json), "replayed": True})
 
     def _send_one_by_one(self, eio_sid: str, outs: list[Any]) -> bool | None:
         answers = [self._sender.send(eio_sid, out) for out in outs]

@@ -292,7 +292,7 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
         self._require_open()
         removed = sum(self._expire(namespace) for namespace in list(self._logs))
         for log in list(self._logs.values()):
-            bad = [r for r in log.held_records() if checksum(r.blob) != r.crc]
+            bad = [r for r in log.held_records() if checksum(r.json) != r.crc]
             await self._repair([(record, "checksum mismatch") for record in bad])
             removed += len(bad)
         return removed
@@ -329,14 +329,14 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
             return Damaged(bad)
         events = (
             decode_many(
-                [r.blob for r in records], [r.seq for r in records], records[0].log.namespace
+                [r.json for r in records], [r.seq for r in records], records[0].log.namespace
             )
             if records
             else []
         )
         if events is not None:
             return events
-        one_by_one = [decode_one(r.blob, r.seq, r.log.namespace) for r in records]
+        one_by_one = [decode_one(r.json, r.seq, r.log.namespace) for r in records]
         bad = [
             (record, "does not deserialize")
             for record, event in zip(records, one_by_one, strict=True)

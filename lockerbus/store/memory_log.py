@@ -21,7 +21,7 @@ class Record:
     decides on (type, room, tags), so a replay hands the record out as it is: a
     :class:`~lockerbus.store.base.StoredEvent`."""
 
-    __slots__ = ("blob", "crc", "id", "log", "room", "seq", "tags", "ttl", "type")
+    __slots__ = ("crc", "id", "json", "log", "room", "seq", "tags", "ttl", "type")
 
     def __init__(
         self,
@@ -36,7 +36,8 @@ class Record:
         self.id = event_id
         self.log = log
         self.seq = seq
-        self.blob = blob
+        #: the stored envelope (StoredEvent.json)
+        self.json = blob
         self.crc = crc
         self.ttl = ttl
         kind, room = event.get("type"), event.get("room")
@@ -46,9 +47,13 @@ class Record:
         self.tags: Mapping[str, str] = dict(tags) if isinstance(tags, Mapping) else _NO_TAGS
 
     @property
-    def json(self) -> bytes:
-        """The stored envelope (StoredEvent.json)."""
-        return self.blob
+    def blob(self) -> bytes:
+        """The stored bytes (``json``), under the name the other backends use."""
+        return self.json
+
+    @blob.setter
+    def blob(self, value: bytes) -> None:
+        self.json = value
 
 
 class Log:
@@ -221,4 +226,4 @@ class Log:
 def failing_checksum(records: list[Record]) -> list[tuple[Record, str]]:
     """The records whose bytes no longer match their checksum."""
     crc32 = zlib.crc32  # the same function as codec.checksum, without a call layer
-    return [(r, "checksum mismatch") for r in records if crc32(r.blob) != r.crc]
+    return [(r, "checksum mismatch") for r in records if crc32(r.json) != r.crc]
