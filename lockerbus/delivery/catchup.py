@@ -25,7 +25,7 @@ from ..log import server_logger
 from ..metrics import Metrics
 from ..store import EventStore, StoredEvent, StoredReplay
 from ..store.codec import as_stored_replay
-from .connection import Connection
+from .connection import REPLAYED, Connection
 from .hub import Hub
 from .tasks import Background
 
@@ -60,6 +60,7 @@ class CatchUp:
 
     async def _replay_locked(self, conn: Connection) -> None:
         request, ns = conn.replay, conn.namespace
+        conn.replay = REPLAYED  # not needed again: an idle connection need not keep it
         try:
             if request.mode == "none":
                 events: Sequence[StoredEvent] = []
@@ -107,9 +108,9 @@ class CatchUp:
     def _release(self, conn: Connection, covered_seq: int, outs: list[Any]) -> list[Any]:
         """Append the held events above ``covered_seq`` to ``outs``; the connection is live."""
         conn.last_seq = max(conn.last_seq, covered_seq)
-        pending, conn.pending = conn.pending, []
+        pending, conn.pending = conn.pending, None
         conn.replaying = False
-        for event in pending:
+        for event in pending or ():
             if event["seq"] > conn.last_seq:
                 outs.append(self._hub.encode(conn, event["type"], event))
                 conn.last_seq = event["seq"]

@@ -104,7 +104,8 @@ class Hub:
         ns = conn.namespace
         self.rooms[ns].setdefault(room, {})[conn.sid] = conn
         self._room_readers[ns].setdefault(room, Audience()).add(conn.sid, conn, conn.views.reach)
-        conn.rooms.add(room)
+        if room not in conn.rooms:
+            conn.rooms = (*conn.rooms, room)
 
     def leave(self, conn: Connection, room: str) -> None:
         """Leave ``room`` and forget its subscribe filter."""
@@ -119,7 +120,8 @@ class Hub:
             readers.discard(conn.sid)
             if not len(readers):
                 del self._room_readers[ns][room]
-        conn.rooms.discard(room)
+        if room in conn.rooms:
+            conn.rooms = tuple(r for r in conn.rooms if r != room)
         conn.views.unsubscribe(room)
 
     def get(self, namespace: str, sid: str) -> Connection | None:
@@ -160,8 +162,7 @@ class Hub:
     def _deliver(self, conn: Connection, event: Event, out: list[Any]) -> None:
         """Send (or hold, while it catches up) one event the checks let through."""
         if conn.replaying:
-            conn.pending.append(event)
-            if len(conn.pending) > self._max_pending:
+            if conn.hold(event) > self._max_pending:
                 self._overflow(conn)
             return
         seq = event["seq"]
