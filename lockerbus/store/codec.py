@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -54,10 +54,18 @@ def as_stored(event: Event, blob: bytes | None = None) -> StoredRow:
 def as_stored_replay(result: ReplayResult, blobs: Sequence[bytes] | None = None) -> StoredReplay:
     """``result`` with its events as stored ones (``blobs``: their JSON, in order)."""
     if blobs is None:
-        events = [as_stored(event) for event in result.events]
-    else:
-        events = [as_stored(event, blob) for event, blob in zip(result.events, blobs, strict=True)]
+        blobs = [encode(event) for event in result.events]
+    new = tuple.__new__  # StoredRow without its Python-level __new__: this runs per event
+    events = [
+        new(StoredRow, (e["seq"], e["type"], e["room"], _tags(e), blob))
+        for e, blob in zip(result.events, blobs, strict=True)
+    ]
     return StoredReplay(events, result.last_seq, result.epoch, result.recovered, result.has_more)
+
+
+def _tags(event: Event) -> Mapping[str, str]:
+    tags = event.get("tags")
+    return tags if type(tags) is dict else tags_of(event)
 
 
 def event_time(event: Event) -> float:
