@@ -152,9 +152,10 @@ class ReplayRun:
         parts: list[bytes | memoryview] = []
         heads: dict[str, bytes] = {}
         tail, tail_size = _REPLAYED_TAIL, len(_REPLAYED_TAIL)
+        replayed = _REPLAYED
         for event in events:
             json = event.json
-            if not _spliceable(json):
+            if replayed in json or json[-1:] != b"}" or len(json) < 3:  # not _spliceable
                 parts.append(_replayed_outgoing(namespace, event.type, json).frame)
                 continue
             head = heads.get(event.type)
