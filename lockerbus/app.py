@@ -9,7 +9,7 @@ already started, so nothing is left open.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # cluster mode only: presence needs redis, an optional extra
     from .command_claims import RedisCommandClaims
     from .presence import Presence
 
+#: where python-socketio's ``attach`` serves Engine.IO (its default)
+SOCKETIO_PATH: Final = "/socket.io/"
 SETTINGS: Final = web.AppKey("settings", Settings)
 BUS: Final = web.AppKey("bus", EventBus)
 STORE: Final = web.AppKey("store", EventStore)
@@ -63,18 +65,36 @@ def store_options(settings: Settings) -> StoreOptions:
     )
 
 
+# The middlewares below are plain functions handing back the handler's awaitable:
+# a coroutine middleware's frame would stay alive as long as each websocket does
+# (about 0.5 KB each, per idle connection).
+
+
 def _no_websocket_compression() -> Any:
     """Refuse permessage-deflate: it costs CPU and ~90 KB per connection here."""
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def middleware(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
         if "Sec-WebSocket-Extensions" in request.headers:
             headers = request.headers.copy()
             del headers["Sec-WebSocket-Extensions"]
             request = request.clone(headers=headers)
-        return await handler(request)
+        return handler(request)
 
     return middleware
+
+
+def _except_socketio(middleware: Any) -> Any:
+    """``middleware`` for every path but Socket.IO's (whose errors Engine.IO answers)."""
+
+    @web.middleware
+    def skipping(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+        if request.path.startswith(SOCKETIO_PATH):
+            return handler(request)
+        result: Awaitable[web.StreamResponse] = middleware(request, handler)
+        return result
+
+    return skipping
 
 
 def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Application:
@@ -85,7 +105,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
     secret = settings.secret
     if secret is None:
         raise ValueError("create_app needs settings.secret (the CLI makes one in dev mode)")
-    middlewares: list[Any] = [errors_middleware]
+    middlewares: list[Any] = [_except_socketio(errors_middleware)]
     if not settings.websocket_compression:
         middlewares.insert(0, _no_websocket_compression())
     app = web.Application(
@@ -138,7 +158,7 @@ def create_app(settings: Settings, *, store: EventStore | None = None) -> web.Ap
         settings, verifier, limits, hub, catchup, bus, commands, metrics, tasks, presence, kiosks
     )
     sio.serve([LockerbusNamespace(ns, services) for ns in NAMESPACES], settings)
-    sio.attach(app)
+    sio.attach(app, socketio_path=SOCKETIO_PATH.strip("/"))
     sockets = Sockets(sio, hub, tasks, relay=relay)
     stats = Stats(hub, store, metrics, relay=relay, presence=presence)
     HttpApi(

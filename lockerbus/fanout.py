@@ -19,15 +19,18 @@ and with an untested python-engineio it falls back to the public
 from __future__ import annotations
 
 import asyncio
+import functools
 import struct
 import time
 import weakref
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Final
 
 import orjson
 from engineio import packet as eio_packet
 
 from .sio_adapter import fast_path_available, track_websockets, writer_idle
+from .store import StoredEvent
 
 #: Turns of the event loop a direct write waits for others to join it: it goes
 #: once QUIET_ROUNDS turns in a row brought no frame, at the latest after
@@ -35,36 +38,72 @@ from .sio_adapter import fast_path_available, track_websockets, writer_idle
 FLUSH_ROUNDS = 64
 QUIET_ROUNDS = 8
 FLUSH_SECONDS = 0.003
+#: Turns of the loop a replay waits at most for a connection's writer to be idle.
+SETTLE_ROUNDS = 16
 #: A broadcast to a connection written to less than this ago waits to share a write;
 #: one to a quiet connection goes at once (a 1,000-client fan-out keeps its latency).
 BUSY_SECONDS = 0.001
 
 
 class Outgoing:
-    """One encoded message: its Engine.IO packet and, made on first use, its websocket frame."""
+    """One encoded message: its Engine.IO packet and, made on first use, its websocket frame.
 
-    __slots__ = ("_frame", "coalesce", "packet")
+    Made from a packet, or from a ready frame (a replay built from stored bytes):
+    then the Engine.IO packet is made from the frame only if it is queued.
+    """
 
-    def __init__(self, packet: eio_packet.Packet, *, coalesce: bool = False) -> None:
-        self.packet = packet
+    __slots__ = ("_frame", "_packet", "_start", "coalesce")
+
+    def __init__(
+        self,
+        packet: eio_packet.Packet | None = None,
+        *,
+        coalesce: bool = False,
+        text: bytes | None = None,
+    ) -> None:
+        if (packet is None) == (text is None):
+            raise ValueError("give a packet or its text, not both")
+        self._packet = packet
         #: may wait a few loop turns to share a write (acks); a broadcast goes at once
         self.coalesce = coalesce
         self._frame: bytes | None = None
+        self._start = 0  # where the Engine.IO packet's text starts in _frame
+        if text is not None:  # b"4" + text: what Packet.encode() gives for a text MESSAGE
+            self._frame, self._start = _framed((b"4", text), len(text) + 1)
+
+    @property
+    def packet(self) -> eio_packet.Packet:
+        """The Engine.IO MESSAGE packet (for Engine.IO's queue: long-polling, a busy writer)."""
+        if self._packet is None:
+            assert self._frame is not None
+            text = self._frame[self._start + 1 :].decode()  # after the MESSAGE type "4"
+            self._packet = eio_packet.Packet(eio_packet.MESSAGE, data=text)
+        return self._packet
 
     @property
     def frame(self) -> bytes:
         """The unmasked, uncompressed text frame a server sends (RFC 6455 §5.2)."""
         if self._frame is None:
             payload = self.packet.encode().encode()
-            size = len(payload)
-            if size < 126:
-                header = struct.pack("!BB", 0x81, size)
-            elif size < 65536:
-                header = struct.pack("!BBH", 0x81, 126, size)
-            else:
-                header = struct.pack("!BBQ", 0x81, 127, size)
-            self._frame = header + payload
+            self._frame, self._start = _framed((payload,), len(payload))
         return self._frame
+
+
+_HEADER_7 = struct.Struct("!BB").pack
+_HEADER_16 = struct.Struct("!BBH").pack
+_HEADER_64 = struct.Struct("!BBQ").pack
+
+
+def _framed(parts: tuple[bytes | memoryview, ...], size: int) -> tuple[bytes, int]:
+    """A text frame (FIN, no mask, no compression) carrying ``parts``, ``size`` bytes in
+    all, joined in one copy; and the header's length."""
+    if size < 126:
+        header = _HEADER_7(0x81, size)
+    elif size < 65536:
+        header = _HEADER_16(0x81, 126, size)
+    else:
+        header = _HEADER_64(0x81, 127, size)
+    return b"".join((header, *parts)), len(header)
 
 
 def encode_event(namespace: str, name: str, payload: Any) -> Outgoing:
@@ -72,6 +111,86 @@ def encode_event(namespace: str, name: str, payload: Any) -> Outgoing:
     body = orjson.dumps([name, payload]).decode()
     text = f"2{namespace},{body}" if namespace != "/" else f"2{body}"
     return Outgoing(eio_packet.Packet(eio_packet.MESSAGE, data=text))
+
+
+_REPLAYED: Final = b'"replayed":'
+_REPLAYED_TAIL: Final = b',"replayed":true}]'
+
+
+def replayed_json(json: bytes) -> bytes:
+    """A stored envelope's JSON with ``"replayed": true`` added: exactly the bytes
+    ``orjson.dumps({**event, "replayed": True})`` gives, without decoding the event."""
+    if _spliceable(json):
+        return json[:-1] + b',"replayed":true}'
+    # "replayed" somewhere in it (perhaps only inside data): do what a dict merge does
+    return orjson.dumps({**orjson.loads(json), "replayed": True})
+
+
+def _spliceable(json: bytes) -> bool:
+    """Whether ``"replayed": true`` can go before the closing brace (no such key yet)."""
+    return _REPLAYED not in json and json[-1:] == b"}" and len(json) > 2
+
+
+@functools.lru_cache(maxsize=256)
+def _event_head(namespace: str, name: str) -> bytes:
+    """What precedes the payload in an Engine.IO MESSAGE carrying Socket.IO EVENT ``name``."""
+    head = f"42{namespace}," if namespace != "/" else "42"
+    return head.encode() + b"[" + orjson.dumps(name) + b","
+
+
+class ReplayRun:
+    """Stored events replayed to one connection, each marked ``replayed``, built from
+    their bytes: all their frames joined, for one write; if they must be queued
+    instead (long-polling, a busy writer), one Engine.IO packet each, made then."""
+
+    __slots__ = ("_events", "_namespace", "count", "frames")
+
+    def __init__(self, namespace: str, events: Sequence[StoredEvent]) -> None:
+        self._namespace = namespace
+        self._events = events
+        self.count = len(events)
+        parts: list[bytes | memoryview] = []
+        heads: dict[str, bytes] = {}
+        tail, tail_size = _REPLAYED_TAIL, len(_REPLAYED_TAIL)
+        replayed = _REPLAYED
+        for event in events:
+            json = event.json
+            if replayed in json or json[-1:] != b"}" or len(json) < 3:  # not _spliceable
+                parts.append(_replayed_outgoing(namespace, event.type, json).frame)
+                continue
+            head = heads.get(event.type)
+            if head is None:
+                head = heads[event.type] = _event_head(namespace, event.type)
+            size = len(head) + len(json) - 1 + tail_size
+            if size < 126:
+                parts.append(_HEADER_7(0x81, size))
+            elif size < 65536:
+                parts.append(_HEADER_16(0x81, 126, size))
+            else:
+                parts.append(_HEADER_64(0x81, 127, size))
+            parts += (head, memoryview(json)[:-1], tail)
+        #: every event's websocket frame, in order, in one bytes
+        self.frames = b"".join(parts)
+
+    def packets(self) -> list[eio_packet.Packet]:
+        """One Engine.IO MESSAGE per event, for Engine.IO's queue."""
+        return [
+            _replayed_outgoing(self._namespace, event.type, event.json).packet
+            for event in self._events
+        ]
+
+
+def encode_replayed(namespace: str, events: Sequence[StoredEvent]) -> ReplayRun:
+    """The replay of ``events`` (stored, oldest first) to one connection, for
+    :meth:`Sender.send_many`: byte for byte what :func:`encode_event` of each
+    decoded event with ``"replayed": true`` gives."""
+    return ReplayRun(namespace, events)
+
+
+def _replayed_outgoing(namespace: str, name: str, json: bytes) -> Outgoing:
+    """One replayed event as an :class:`Outgoing`."""
+    text = b"2" + _event_head(namespace, name)[2:] + replayed_json(json) + b"]"
+    return Outgoing(text=text)
 
 
 def encode_ack(namespace: str, ack_id: Any, answer: Any) -> Outgoing | None:
@@ -95,6 +214,8 @@ class Sender:
         #: deliveries written straight to a transport / put on an Engine.IO queue
         self.direct = 0
         self.queued = 0
+        #: transport writes made here (each queued packet is one more, by Engine.IO's writer)
+        self.writes = 0
         self._pending: set[asyncio.Task[None]] = set()
         self.fast = fast_path_available(eio)
         self._transports: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -161,6 +282,7 @@ class Sender:
                     self._write(transport, out.frame)
                 else:
                     transport.write(out.frame)
+                    self.writes += 1
                 self._last[socket] = now
                 self.direct += 1
                 return True
@@ -168,6 +290,68 @@ class Sender:
             return False
         queue.put_nowait(out.packet)
         self.queued += 1
+        return True
+
+    async def settle(self, eio_sid: str) -> None:
+        """Wait (a few turns of the loop at most) until ``eio_sid``'s websocket writer has
+        written what it took, so :meth:`send_many` can write at once rather than queue.
+
+        Just after the CONNECT answer is queued, the writer is still taking it (on
+        Python 3.11 its ``wait_for`` spends a task and a few turns on each get).
+        """
+        for _ in range(SETTLE_ROUNDS):
+            socket = self._eio.sockets.get(eio_sid) if self.fast else None
+            if (
+                socket is None
+                or socket.closed
+                or not socket.upgraded
+                or socket.upgrading
+                or writer_idle(socket.queue)
+            ):
+                return
+            await asyncio.sleep(0)
+
+    def send_many(self, eio_sid: str, outs: list[Outgoing | ReplayRun]) -> bool | None:
+        """Send ``outs`` to ``eio_sid`` in order, in one transport write when its websocket
+        writer is idle (a replay: N events, not N writes); answers as :meth:`send`."""
+        if not self.fast:
+            packets = [p for out in outs for p in _packets(out)]
+            for packet in packets:
+                task = asyncio.ensure_future(self._eio.send_packet(eio_sid, packet))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+            return True
+        socket = self._eio.sockets.get(eio_sid)
+        if socket is None or socket.closed or socket.closing:
+            return None
+        queue = socket.queue
+        transport = self._transports.get(socket)
+        if transport is not None:
+            if transport.is_closing():
+                return None
+            if transport.get_write_buffer_size() > self._max_buffer:
+                return False
+            count = sum(out.count if isinstance(out, ReplayRun) else 1 for out in outs)
+            batched = self._batched.get(transport)
+            if batched is not None:  # frames wait to share a write: these go behind them
+                batched.extend(_frames(out) for out in outs)
+                self._frames += count
+                self.direct += count
+                return True
+            if socket.upgraded and not socket.upgrading and writer_idle(queue):
+                transport.write(b"".join([_frames(out) for out in outs]))
+                self._last[socket] = time.monotonic()
+                self.direct += count
+                self.writes += 1
+                return True
+        # long-polling sends what is queued in one response; a busy websocket writer
+        # takes the queue in one batch
+        for out in outs:
+            for packet in _packets(out):
+                if queue.qsize() >= self._max_queue:
+                    return False
+                queue.put_nowait(packet)
+                self.queued += 1
         return True
 
     def _write(self, transport: Any, frame: bytes) -> None:
@@ -204,3 +388,12 @@ class Sender:
         for transport, frames in batched.items():
             if not transport.is_closing():
                 transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                self.writes += 1
+
+
+def _frames(out: Outgoing | ReplayRun) -> bytes:
+    return out.frames if isinstance(out, ReplayRun) else out.frame
+
+
+def _packets(out: Outgoing | ReplayRun) -> list[eio_packet.Packet]:
+    return out.packets() if isinstance(out, ReplayRun) else [out.packet]

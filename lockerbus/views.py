@@ -14,8 +14,8 @@ dictionary look-ups:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from .auth import Principal
 from .filters import Filter, parse_filter
@@ -23,6 +23,14 @@ from .tags import tags_of
 
 K = TypeVar("K")
 M = TypeVar("M")
+
+
+class _Tagged(Protocol):
+    @property
+    def tags(self) -> Mapping[str, str]: ...
+
+
+T = TypeVar("T", bound=_Tagged)
 
 
 class ConnectionViews:
@@ -69,6 +77,13 @@ class ConnectionViews:
         if connect.everything:
             return list(events)
         return [event for event in events if connect.matches(tags_of(event))]
+
+    def replay_stored(self, events: Sequence[T]) -> Sequence[T]:
+        """:meth:`replay` for stored events (their ``tags`` kept beside their bytes)."""
+        connect = self.connect
+        if connect.everything:
+            return events
+        return [event for event in events if connect.matches(event.tags)]
 
 
 class Audience(Generic[K, M]):

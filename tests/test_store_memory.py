@@ -1,5 +1,5 @@
-"""What only the memory store has: cachetools' LRU hazard, in-memory corruption,
-its cleanup task, a new epoch per instance."""
+"""What only the memory store has: its own expiry (no cache that reads reorder),
+in-memory corruption, its cleanup task, a new epoch per instance."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 import zlib
 
 import pytest
-from cachetools import TTLCache
 
 from lockerbus.store import StoreOptions, open_store
 from lockerbus.store.memory import MemoryEventStore
@@ -22,16 +21,6 @@ def memory_store(clock: FakeClock | None = None, **options: float) -> MemoryEven
     store = open_store("memory", StoreOptions(**options), clock=clock)  # type: ignore[arg-type]
     assert isinstance(store, MemoryEventStore)
     return store
-
-
-def test_the_hazard_is_real_reading_a_ttlcache_reorders_eviction() -> None:
-    """Why the store never reads through its cache: a plain read changes the victim."""
-    cache: TTLCache[int, str, float] = TTLCache(maxsize=3, ttl=60)
-    cache[1], cache[2], cache[3] = "a", "b", "c"
-    _ = cache[1]
-    cache[4] = "d"
-    assert 1 in cache
-    assert 2 not in cache
 
 
 async def test_replaying_old_events_does_not_make_newer_ones_evict_first() -> None:
@@ -59,8 +48,9 @@ async def test_each_event_is_held_once() -> None:
         log = store._logs[LOCKERS]
         record = log.records[0]
         assert record is not None
-        assert store._caches[LOCKERS][record] is record  # (a test-only read; the store never does)
+        assert store._ids[record.id] is record
         assert isinstance(record.blob, bytes)
+        assert record.json is record.blob  # a replay hands out the very bytes
 
 
 async def test_a_mangled_entry_is_removed_counted_and_logged_once(
@@ -81,7 +71,7 @@ async def test_a_mangled_entry_is_removed_counted_and_logged_once(
             "corrupt event removed: namespace=/ws/lockers seq=2 (checksum mismatch)"
         ]
         assert (await store.stats()).evictions["corrupt"] == 1
-        assert len(store._caches[LOCKERS]) == 3
+        assert store._logs[LOCKERS].held == 3
 
 
 async def test_an_entry_that_no_longer_deserializes_is_corrupt_too(
@@ -154,7 +144,8 @@ async def test_index_compacts_and_stays_consistent_under_churn() -> None:
             await store.append(make_event(namespace), ttl_seconds=5 if i % 11 == 0 else None)
             clock.advance(0.01)
         stats = await store.stats()
-        assert stats.events == sum(map(len, store._caches.values())) == 100
+        assert stats.events == sum(log.held for log in store._logs.values()) == 100
+        assert len(store._ids) == 100, "ids are freed with their events"
         for namespace, log in store._logs.items():
             held = log.held_records()
             assert len(held) == log.held == stats.namespaces[namespace].count

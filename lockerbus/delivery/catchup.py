@@ -16,16 +16,16 @@ meanwhile passed the hub's checks when they were held.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
 from typing import Any
 
 from ..errors import StoreUnavailableError
-from ..events import Event
 from ..log import server_logger
 from ..metrics import Metrics
-from ..store import EventStore
-from ..tags import tags_of
-from .connection import Connection
+from ..store import EventStore, StoredEvent, StoredReplay
+from ..store.codec import as_stored_replay
+from .connection import REPLAYED, Connection
 from .hub import Hub
 from .tasks import Background
 
@@ -60,13 +60,14 @@ class CatchUp:
 
     async def _replay_locked(self, conn: Connection) -> None:
         request, ns = conn.replay, conn.namespace
+        conn.replay = REPLAYED  # not needed again: an idle connection need not keep it
         try:
             if request.mode == "none":
-                events: list[Event] = []
+                events: Sequence[StoredEvent] = []
                 last_seq = await self._store.last_seq(ns)
                 epoch, recovered = self._store.epoch, None
             else:
-                result = await self._store.replay(
+                result = await self._replay_stored(
                     ns,
                     after_seq=request.after_seq,
                     epoch=request.epoch,
@@ -80,36 +81,70 @@ class CatchUp:
             self._hub.remove(conn)
             await self._disconnect(conn.sid, ns)
             return
+        await self._hub.settle(conn)  # live events meanwhile are held: still replaying
         if self._hub.get(ns, conn.sid) is not conn:
             return  # gone while the store answered
         # From here to the end: no await, so no live event can slip in between.
-        sent = conn.views.replay(events)
-        for event in sent:
-            self._hub.send(conn, event["type"], {**event, "replayed": True})
+        # The replay, replay_complete and what was held meanwhile go in one send_all:
+        # one transport write where the connection's writer is idle.
+        sent = conn.views.replay_stored(events)
+        outs = self._hub.encode_replayed(conn, sent)
         if request.mode != "none":
             self._metrics.replay("connect", len(sent))
-        self._hub.send(
-            conn,
-            "replay_complete",
-            {
-                "namespace": ns,
-                "count": len(sent),
-                "last_seq": last_seq,
-                "epoch": epoch,
-                "recovered": recovered,
-            },
-        )
-        self.go_live(conn, last_seq)
+        complete = {
+            "namespace": ns,
+            "count": len(sent),
+            "last_seq": last_seq,
+            "epoch": epoch,
+            "recovered": recovered,
+        }
+        outs.append(self._hub.encode(conn, "replay_complete", complete))
+        self._hub.send_all(conn, self._release(conn, last_seq, outs))
 
     def go_live(self, conn: Connection, covered_seq: int) -> None:
         """Release the events held during a catch-up that it did not cover; no await."""
+        self._hub.send_all(conn, self._release(conn, covered_seq, []))
+
+    def _release(self, conn: Connection, covered_seq: int, outs: list[Any]) -> list[Any]:
+        """Append the held events above ``covered_seq`` to ``outs``; the connection is live."""
         conn.last_seq = max(conn.last_seq, covered_seq)
-        pending, conn.pending = conn.pending, []
+        pending, conn.pending = conn.pending, None
         conn.replaying = False
-        for event in pending:
+        for event in pending or ():
             if event["seq"] > conn.last_seq:
-                self._hub.send(conn, event["type"], event)
+                outs.append(self._hub.encode(conn, event["type"], event))
                 conn.last_seq = event["seq"]
+        return outs
+
+    async def _replay_stored(
+        self,
+        namespace: str,
+        *,
+        after_seq: int | None,
+        epoch: str | None,
+        since: datetime | None,
+        limit: int,
+    ) -> StoredReplay:
+        """The store's replay as stored bytes (a store without ``replay_stored``: encoded)."""
+        reads = getattr(self._store, "replay_stored", None)
+        if reads is not None:
+            stored: StoredReplay = await reads(
+                namespace, after_seq=after_seq, epoch=epoch, since=since, limit=limit
+            )
+            return stored
+        result = await self._store.replay(
+            namespace, after_seq=after_seq, epoch=epoch, since=since, limit=limit
+        )
+        return as_stored_replay(result)
+
+    async def _page_stored(self, namespace: str, after_seq: int) -> StoredReplay:
+        """The store's page after ``after_seq`` as stored bytes."""
+        reads = getattr(self._store, "page_stored", None)
+        if reads is not None:
+            stored: StoredReplay = await reads(namespace, after_seq=after_seq, limit=self._limit)
+            return stored
+        page = await self._store.page(namespace, after_seq=after_seq, limit=self._limit)
+        return as_stored_replay(page)
 
     async def join(self, conn: Connection, room: str, raw_filter: Any = None) -> None:
         """Join ``room`` and send what it was sent since this connection's last event.
@@ -131,9 +166,7 @@ class CatchUp:
             self._hub.join(conn, room)
             conn.replaying = True
             try:
-                page = await self._store.page(
-                    conn.namespace, after_seq=conn.last_seq, limit=self._limit
-                )
+                page = await self._page_stored(conn.namespace, conn.last_seq)
             except StoreUnavailableError as exc:
                 server_logger.warning("gap fill failed sid=%s: %s", conn.sid, exc.message)
                 self.go_live(conn, conn.last_seq)
@@ -144,12 +177,12 @@ class CatchUp:
             missed = [
                 e
                 for e in page.events
-                if e["seq"] > after and e["room"] == room and views.room(room, tags_of(e))
+                if e.seq > after and e.room == room and views.room(room, e.tags)
             ]
-            for event in missed:
-                self._hub.send(conn, event["type"], {**event, "replayed": True})
             self._metrics.replay("subscribe", len(missed))
-            self.go_live(conn, page.last_seq if not page.has_more else page.events[-1]["seq"])
+            covered = page.last_seq if not page.has_more else page.events[-1].seq
+            outs = self._hub.encode_replayed(conn, missed)
+            self._hub.send_all(conn, self._release(conn, covered, outs))
 
     def resync(self, namespace: str) -> None:
         """Close every local connection of ``namespace``: its clients reconnect and replay.

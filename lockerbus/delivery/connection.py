@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from ..auth import Principal
 from ..errors import BadRequestError
@@ -49,25 +49,34 @@ def parse_replay_request(auth: Mapping[str, Any], window_minutes: float) -> Repl
     return ReplayRequest("since", since=since)
 
 
+#: what a connection holds once its connect replay is done (the request is not needed again)
+REPLAYED: Final = ReplayRequest("none")
+
+
 @dataclass(eq=False, slots=True)
 class Connection:
     """One client's connection to one namespace.
 
     ``replaying`` is True from the connect handler until the catch-up goes
     live; meanwhile broadcasts for it are held in ``pending``, each only if
-    the connection's views (scope and filters) let it through.
+    the connection's views (scope and filters) let it through.  Thousands sit
+    idle, so what is not always needed is made on first use or dropped after
+    use (``pending``, the lock, the event, the replay request) and the rooms
+    are a tuple (one or two, rarely changed).
     """
 
     sid: str
     eio_sid: str
     namespace: str
     principal: Principal
+    #: what the connect replay is to send; REPLAYED once it ran
     replay: ReplayRequest
     #: what it may receive: its scope, auth.filter and subscribe filters (contract §10)
     views: ConnectionViews
-    rooms: set[str] = field(default_factory=set)
+    rooms: tuple[str, ...] = ()
     replaying: bool = True
-    pending: list[Event] = field(default_factory=list)
+    #: events held while replaying (None: none held)
+    pending: list[Event] | None = None
     #: every event of the namespace up to here that was meant for this connection was sent
     last_seq: int = 0
     gone: bool = False
@@ -90,6 +99,13 @@ class Connection:
         if self._catching_up is None:
             self._catching_up = asyncio.Lock()
         return self._catching_up
+
+    def hold(self, event: Event) -> int:
+        """Hold a live event while replaying; how many are held."""
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(event)
+        return len(self.pending)
 
     def mark_gone(self) -> None:
         """The connection left: anything waiting on :attr:`closed` stops."""

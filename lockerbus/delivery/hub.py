@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
+
+import orjson
 
 from ..events import NAMESPACES, Event
 from ..log import server_logger
 from ..metrics import Metrics
+from ..store import StoredEvent
 from ..tags import tags_of
 from ..views import Audience
 from .connection import Connection
@@ -25,7 +28,15 @@ Readers = Audience[str, Connection]
 
 
 class Sender(Protocol):
-    """The transport: encodes once, queues per socket, in call order (lockerbus.fanout)."""
+    """The transport: encodes once, queues per socket, in call order (lockerbus.fanout).
+
+    A sender may also offer ``encode_replayed(namespace, events)`` (stored events'
+    messages, marked replayed, from their bytes: one item for ``send_many``) and
+    ``send_many(eio_sid, outs)`` (several messages, in as few writes as it can);
+    the Hub falls back to ``encode`` and ``send`` for one that does not.
+    ``settle(eio_sid)``, a coroutine, lets the connection's transport become
+    ready for one write (a few loop turns).
+    """
 
     def encode(self, namespace: str, name: str, payload: Any) -> Any: ...
 
@@ -59,6 +70,13 @@ class Hub:
         self.overflowed: list[Connection] = []
         self._wake: asyncio.Event | None = None
         self._per_principal: dict[str, int] = {}
+        self._encode_replayed: Callable[[str, Sequence[StoredEvent]], Any] | None = getattr(
+            sender, "encode_replayed", None
+        )
+        self._send_many: Callable[[str, list[Any]], bool | None] = getattr(
+            sender, "send_many", self._send_one_by_one
+        )
+        self._settle: Callable[[str], Awaitable[None]] | None = getattr(sender, "settle", None)
 
     def add(self, conn: Connection) -> None:
         self.connections[conn.namespace][conn.sid] = conn
@@ -86,7 +104,8 @@ class Hub:
         ns = conn.namespace
         self.rooms[ns].setdefault(room, {})[conn.sid] = conn
         self._room_readers[ns].setdefault(room, Audience()).add(conn.sid, conn, conn.views.reach)
-        conn.rooms.add(room)
+        if room not in conn.rooms:
+            conn.rooms = (*conn.rooms, room)
 
     def leave(self, conn: Connection, room: str) -> None:
         """Leave ``room`` and forget its subscribe filter."""
@@ -101,7 +120,8 @@ class Hub:
             readers.discard(conn.sid)
             if not len(readers):
                 del self._room_readers[ns][room]
-        conn.rooms.discard(room)
+        if room in conn.rooms:
+            conn.rooms = tuple(r for r in conn.rooms if r != room)
         conn.views.unsubscribe(room)
 
     def get(self, namespace: str, sid: str) -> Connection | None:
@@ -142,8 +162,7 @@ class Hub:
     def _deliver(self, conn: Connection, event: Event, out: list[Any]) -> None:
         """Send (or hold, while it catches up) one event the checks let through."""
         if conn.replaying:
-            conn.pending.append(event)
-            if len(conn.pending) > self._max_pending:
+            if conn.hold(event) > self._max_pending:
                 self._overflow(conn)
             return
         seq = event["seq"]
@@ -162,6 +181,34 @@ class Hub:
         out = self._sender.encode(conn.namespace, name, payload)
         if self._sender.send(conn.eio_sid, out) is False:
             self._overflow(conn)
+
+    def encode(self, conn: Connection, name: str, payload: Any) -> Any:
+        """One message for ``conn`` (to go in :meth:`send_all`)."""
+        return self._sender.encode(conn.namespace, name, payload)
+
+    def encode_replayed(self, conn: Connection, events: Sequence[StoredEvent]) -> list[Any]:
+        """The messages replaying ``events`` to ``conn``, built from their stored bytes."""
+        if not events:
+            return []
+        if self._encode_replayed is not None:
+            return [self._encode_replayed(conn.namespace, events)]
+        encode, ns = self._sender.encode, conn.namespace
+        return [encode(ns, e.type, {**orjson.loads(e.json), "replayed": True}) for e in events]
+
+    async def settle(self, conn: Connection) -> None:
+        """Give the transport a moment (a few loop turns) to be ready for one write."""
+        if self._settle is not None:
+            await self._settle(conn.eio_sid)
+
+    def send_all(self, conn: Connection, outs: list[Any]) -> None:
+        """Queue several messages for one connection, in order, in as few writes as the
+        transport can (a replay and what follows it)."""
+        if self._send_many(conn.eio_sid, outs) is False:
+            self._overflow(conn)
+
+    def _send_one_by_one(self, eio_sid: str, outs: list[Any]) -> bool | None:
+        answers = [self._sender.send(eio_sid, out) for out in outs]
+        return False if False in answers else None if None in answers else True
 
     def _overflow(self, conn: Connection) -> None:
         """A connection that cannot keep up is dropped; it can reconnect and replay."""

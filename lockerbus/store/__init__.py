@@ -17,6 +17,9 @@ from .base import (
     NamespaceStats,
     ReplayResult,
     Retention,
+    StoredEvent,
+    StoredReplay,
+    StoredRow,
     StoreOptions,
     StoreStats,
 )
@@ -30,6 +33,9 @@ __all__ = [
     "Retention",
     "StoreOptions",
     "StoreStats",
+    "StoredEvent",
+    "StoredReplay",
+    "StoredRow",
     "open_store",
     "validate_store_url",
 ]

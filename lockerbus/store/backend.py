@@ -21,15 +21,18 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import ClassVar, Generic, Literal, Self, TypeVar, cast
 
 from ..errors import StoreUnavailableError
 from ..events import Event
 from ..log import store_logger
-from .base import Appended, EventStore, ReplayResult, StoreOptions
+from .base import Appended, EventStore, StoredReplay, StoreOptions
+from .codec import as_stored_replay
 from .state import StateTable, fold_history
 
 S = TypeVar("S")
+R = TypeVar("R")  # what a read answers: a ReplayResult or a StoredReplay
 
 State = Literal["new", "starting", "open", "closed"]
 
@@ -116,6 +119,38 @@ class BaseEventStore(abc.ABC, Generic[S]):
                 outcomes.append(exc)
         return outcomes
 
+    async def replay_stored(
+        self,
+        namespace: str,
+        *,
+        after_seq: int | None = None,
+        epoch: str | None = None,
+        since: datetime | None = None,
+        limit: int,
+    ) -> StoredReplay:
+        """``replay`` as stored bytes (see base.EventStore.replay_stored).  This default
+        encodes what ``replay`` decoded; a backend that can hand out the bytes it read
+        overrides it."""
+        store = cast("EventStore", self)
+        result = await store.replay(
+            namespace, after_seq=after_seq, epoch=epoch, since=since, limit=limit
+        )
+        return as_stored_replay(result)
+
+    async def page_stored(
+        self,
+        namespace: str,
+        *,
+        after_seq: int = 0,
+        since: datetime | None = None,
+        limit: int,
+    ) -> StoredReplay:
+        """``page`` as stored bytes (see base.EventStore.page_stored); default as above."""
+        store = cast("EventStore", self)
+        return as_stored_replay(
+            await store.page(namespace, after_seq=after_seq, since=since, limit=limit)
+        )
+
     # -- lifecycle --------------------------------------------------------------
 
     @property
@@ -194,15 +229,13 @@ class BaseEventStore(abc.ABC, Generic[S]):
             except Exception:
                 store_logger.exception("%s: cleanup failed", self._name)
 
-    async def _read_repairing(
-        self, read: Callable[[], Awaitable[ReplayResult | Damaged[S]]]
-    ) -> ReplayResult:
+    async def _read_repairing(self, read: Callable[[], Awaitable[R | Damaged[S]]]) -> R:
         """Run ``read``; when it meets corrupt records, have them removed and read again,
         so the answer reflects the hole they leave."""
         suspects: list[S] = []
         for _attempt in range(self.repair_attempts):
             outcome = await read()
-            if isinstance(outcome, ReplayResult):
+            if not isinstance(outcome, Damaged):
                 return outcome
             suspects = outcome.suspects
             if suspects:

@@ -63,11 +63,11 @@ above :mod:`lockerbus.events`.  The backends share their skeleton through
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Final, Literal, Protocol, Self
+from typing import Any, Final, Literal, NamedTuple, Protocol, Self
 
 from ..events import Event
 
@@ -115,6 +115,49 @@ class ReplayResult:
     """
 
     events: list[Event]
+    last_seq: int
+    epoch: str
+    recovered: bool | None
+    has_more: bool
+
+
+class StoredEvent(Protocol):
+    """One held event as the store keeps it, for delivery without a decode.
+
+    ``json`` is the envelope exactly as :func:`lockerbus.store.codec.encode`
+    gives it (what ``orjson.dumps`` of the event returns), checksum verified;
+    ``type``, ``room`` and ``tags`` are what delivery decides on (the frame's
+    event name, gap-fill's room, contract §10 matching) without decoding it.
+    """
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def room(self) -> str: ...
+    @property
+    def tags(self) -> Mapping[str, str]: ...
+    @property
+    def json(self) -> bytes: ...
+
+
+class StoredRow(NamedTuple):
+    """A :class:`StoredEvent` a backend builds from a row (the memory store hands out
+    its own records)."""
+
+    seq: int
+    type: str
+    room: str
+    tags: Mapping[str, str]
+    json: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReplay:
+    """A replay or page (see :class:`ReplayResult`) of stored events, not decoded."""
+
+    events: Sequence[StoredEvent]
     last_seq: int
     epoch: str
     recovered: bool | None
@@ -240,6 +283,27 @@ class EventStore(Protocol):
     ) -> ReplayResult:
         """Read forward through history: the oldest ``limit`` events after
         ``after_seq`` (and at or after ``since``), for paging and projections."""
+
+    async def replay_stored(
+        self,
+        namespace: str,
+        *,
+        after_seq: int | None = None,
+        epoch: str | None = None,
+        since: datetime | None = None,
+        limit: int,
+    ) -> StoredReplay:
+        """:meth:`replay`, answering the stored bytes (what the socket replay sends)."""
+
+    async def page_stored(
+        self,
+        namespace: str,
+        *,
+        after_seq: int = 0,
+        since: datetime | None = None,
+        limit: int,
+    ) -> StoredReplay:
+        """:meth:`page`, answering the stored bytes (what the subscribe gap-fill sends)."""
 
     async def last_seq(self, namespace: str) -> int:
         """The latest seq assigned in ``namespace`` in this epoch (0 when none)."""

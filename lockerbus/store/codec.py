@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -18,6 +18,8 @@ import orjson
 
 from ..events import Event
 from ..log import store_logger
+from ..tags import tags_of
+from .base import ReplayResult, StoredReplay, StoredRow
 
 
 def new_epoch() -> str:
@@ -37,6 +39,33 @@ def encode(event: Event) -> bytes:
     event); a memory store keeps thousands, so keep an exact-size copy.
     """
     return memoryview(orjson.dumps(event)).tobytes()
+
+
+def as_stored(event: Event, blob: bytes | None = None) -> StoredRow:
+    """A decoded event as a stored one; ``blob`` is its stored JSON (encoded here if None).
+
+    A backend that keeps no fields beside the JSON decodes it (one call for many)
+    to learn them, and still hands out the bytes it read rather than encoding again.
+    """
+    json = blob if blob is not None else encode(event)
+    return StoredRow(event["seq"], event["type"], event["room"], tags_of(event), json)
+
+
+def as_stored_replay(result: ReplayResult, blobs: Sequence[bytes] | None = None) -> StoredReplay:
+    """``result`` with its events as stored ones (``blobs``: their JSON, in order)."""
+    if blobs is None:
+        blobs = [encode(event) for event in result.events]
+    new = tuple.__new__  # StoredRow without its Python-level __new__: this runs per event
+    events = [
+        new(StoredRow, (e["seq"], e["type"], e["room"], _tags(e), blob))
+        for e, blob in zip(result.events, blobs, strict=True)
+    ]
+    return StoredReplay(events, result.last_seq, result.epoch, result.recovered, result.has_more)
+
+
+def _tags(event: Event) -> Mapping[str, str]:
+    tags = event.get("tags")
+    return tags if type(tags) is dict else tags_of(event)
 
 
 def event_time(event: Event) -> float:

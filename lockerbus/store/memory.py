@@ -1,13 +1,13 @@
-"""The default store: events in process memory, bounded by cachetools TTLCaches.
+"""The default store: events in process memory, one log per namespace.
 
-One cache per namespace owns lifetime (the namespace's TTL or a shorter
-per-event one) and capacity (the namespace's ``max_events``), so no
-namespace's events push another's out.  Its eviction order is least recently
-*used*, so this module never reads through it (no ``cache[key]``, ``get`` or
-``values()``): with no reads, "least recently used" is "least recently
-appended", and capacity eviction removes the oldest events first.  Reads go
-through a per-namespace index (:class:`_Log`) that refers to the very same
-record objects, so each event is held once, as compact JSON bytes.
+Each namespace's :class:`~lockerbus.store.memory_log.Log` holds its records in
+seq order and owns their lifetime (the namespace's TTL, or a shorter per-event
+one) and capacity (the namespace's ``max_events``), so no namespace's events
+push another's out, and expiry and capacity eviction remove the oldest events
+first.  Each event is held once, as compact JSON bytes beside its type, room
+and tags; a socket replay hands those records out as they are (no decode).
+(Until issue 21 a cachetools TTLCache per namespace did the lifetime: its
+linked-list and LRU bookkeeping were half the cost of an append.)
 
 Everything here runs on the event loop without awaiting, so each method is
 atomic with respect to other coroutines; nothing touches disk or network.
@@ -15,17 +15,9 @@ atomic with respect to other coroutines; nothing touches disk or network.
 
 from __future__ import annotations
 
-import contextlib
-import heapq
-import itertools
-import zlib
-from array import array
-from bisect import bisect_left
 from collections.abc import Callable
 from datetime import datetime
 from typing import cast
-
-from cachetools import Cache, TTLCache
 
 from ..events import Event
 from ..recovery import decide
@@ -36,6 +28,7 @@ from .base import (
     NamespaceStats,
     ReplayResult,
     StateSnapshot,
+    StoredReplay,
     StoreOptions,
     StoreStats,
 )
@@ -51,195 +44,11 @@ from .codec import (
     new_epoch,
     since_seconds,
 )
+from .memory_log import Log, Record, failing_checksum
 from .state import STATE_NAMESPACES, StateKind, StateTable, change_of
 
-
-class _Record:
-    """One stored event: its JSON bytes and checksum, and where it lives."""
-
-    __slots__ = ("blob", "crc", "id", "log", "seq", "ttl")
-
-    def __init__(
-        self, log: _Log, seq: int, blob: bytes, crc: int, ttl: float | None, event_id: str
-    ) -> None:
-        self.id = event_id
-        self.log = log
-        self.seq = seq
-        self.blob = blob
-        self.crc = crc
-        self.ttl = ttl
-
-
-class _Log:
-    """One namespace's held records in seq order, found by position.
-
-    ``records[i]`` is seq ``base + i``, or None once that event is gone; every
-    position below ``head`` is gone.  Seqs are assigned without holes, so a
-    seq's position is arithmetic, and a hole in a range shows as a None.
-    ``time_max[i]`` is the largest timestamp up to ``i``: timestamps are set
-    before append and can be slightly out of seq order, and a running maximum
-    is what ``bisect`` needs to find where ``since`` starts.
-    """
-
-    __slots__ = ("base", "head", "held", "last_seq", "namespace", "records", "time_max", "times")
-
-    _COMPACT_AT = 1024
-
-    def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
-        self.base = 1
-        self.head = 0
-        self.held = 0
-        self.last_seq = 0
-        self.records: list[_Record | None] = []
-        self.times = array("d")
-        self.time_max = array("d")
-
-    def push(self, record: _Record, at: float) -> None:
-        self.records.append(record)
-        self.times.append(at)
-        self.time_max.append(
-            at if not self.time_max or at > self.time_max[-1] else self.time_max[-1]
-        )
-        self.held += 1
-        self.last_seq = record.seq
-
-    def remove(self, record: _Record) -> bool:
-        pos = record.seq - self.base
-        records = self.records
-        if pos < self.head or pos >= len(records) or records[pos] is not record:
-            return False
-        records[pos] = None
-        self.held -= 1
-        if pos == self.head:
-            head = pos
-            while head < len(records) and records[head] is None:
-                head += 1
-            self.head = head
-            # Dropping the front of a list is a memmove; do it rarely, in bulk.
-            if head >= self._COMPACT_AT and head * 2 >= len(records):
-                del records[:head], self.times[:head], self.time_max[:head]
-                self.base += head
-                self.head = 0
-        return True
-
-    def start(self, after_seq: int, since: float | None) -> int:
-        """The first position that can hold a seq above ``after_seq`` at or after ``since``."""
-        start = max(self.head, after_seq + 1 - self.base)
-        if since is not None:
-            start = max(start, bisect_left(self.time_max, since, start))
-        return start
-
-    def count_held(self, lo: int, hi: int) -> int:
-        """How many records with ``lo < seq <= hi`` are held."""
-        start = self.start(lo, None)
-        end = min(len(self.records), hi + 1 - self.base)
-        if start >= end:
-            return 0
-        chunk = self.records[start:end]
-        return len(chunk) - chunk.count(None)
-
-    def newest(self, after_seq: int, limit: int, since: float | None) -> tuple[list[_Record], bool]:
-        """The newest ``limit`` held records above ``after_seq`` (oldest first), and whether
-        more matched."""
-        records = self.records
-        start = self.start(after_seq, since)
-        if since is None:
-            lo = max(start, len(records) - limit)
-            chosen = records[lo:]
-            if None not in chosen:  # the usual case: no holes, one slice
-                older = records[start:lo]
-                return cast("list[_Record]", chosen), older.count(None) < len(older)
-        times = self.times
-        picked: list[_Record] = []
-        for pos in range(len(records) - 1, start - 1, -1):
-            record = records[pos]
-            if record is not None and (since is None or times[pos] >= since):
-                if len(picked) == limit:
-                    picked.reverse()
-                    return picked, True
-                picked.append(record)
-        picked.reverse()
-        return picked, False
-
-    def oldest(self, after_seq: int, limit: int, since: float | None) -> tuple[list[_Record], bool]:
-        """The oldest ``limit`` held records above ``after_seq`` at or after ``since``, and
-        whether more matched."""
-        records = self.records
-        times = self.times
-        picked: list[_Record] = []
-        for pos in range(self.start(after_seq, since), len(records)):
-            record = records[pos]
-            if record is not None and (since is None or times[pos] >= since):
-                if len(picked) == limit:
-                    return picked, True
-                picked.append(record)
-        return picked, False
-
-    def seq_range(self) -> tuple[int | None, int | None]:
-        """The oldest and newest held seqs."""
-        records = self.records
-        oldest = records[self.head] if self.head < len(records) else None
-        newest = next((r for r in reversed(records) if r is not None), None)
-        return (oldest.seq if oldest else None), (newest.seq if newest else None)
-
-    def held_records(self) -> list[_Record]:
-        return [r for r in self.records[self.head :] if r is not None]
-
-
-class _EventCache(TTLCache[_Record, _Record, float]):
-    """A TTLCache that reports every record it drops, and why.
-
-    TTLCache keeps one TTL for all items, in insertion order, which is what
-    makes its expiry and eviction oldest-first (and cheaper per append than
-    TLRUCache's heap).  Events given a shorter TTL of their own are also kept
-    in a small heap and dropped from the cache when that runs out.  Records
-    are their own keys (hashed by identity): no key object per event.
-    """
-
-    def __init__(
-        self,
-        maxsize: int,
-        timer: Callable[[], float],
-        ttl: float,
-        on_evict: Callable[[_Record, str], None],
-    ) -> None:
-        super().__init__(maxsize, ttl, timer)
-        self._on_evict = on_evict
-        self._short: list[tuple[float, int, _Record]] = []
-        self._ties = itertools.count()
-
-    def add(self, record: _Record) -> None:
-        """Insert ``record``; a per-event TTL below the cache's shortens its life."""
-        self[record] = record
-        if record.ttl is not None and record.ttl < self.ttl:
-            expires = self.timer() + record.ttl
-            heapq.heappush(self._short, (expires, next(self._ties), record))
-
-    def expire(self, time: float | None = None) -> list[tuple[_Record, _Record]]:
-        if time is None:
-            time = self.timer()
-        expired = super().expire(time)
-        short = self._short
-        while short and not time < short[0][0]:
-            record = heapq.heappop(short)[2]
-            # Cache.__contains__: is it still here (not evicted), without TTL or LRU work.
-            if Cache.__contains__(self, record):
-                with contextlib.suppress(KeyError):  # TTLCache's "was already expired"
-                    del self[record]
-                expired.append((record, record))
-        for record, _ in expired:
-            self._on_evict(record, "ttl")
-        return expired
-
-    def popitem(self) -> tuple[_Record, _Record]:
-        key, record = super().popitem()
-        self._on_evict(record, "capacity")
-        return key, record
-
-
 #: A record that failed its checks, and why.
-_Suspect = tuple[_Record, str]
+_Suspect = tuple[Record, str]
 
 
 class MemoryEventStore(BaseEventStore[_Suspect]):
@@ -250,10 +59,9 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
     ) -> None:
         super().__init__("the memory store", options, clock)
         self.epoch = new_epoch()
-        self._caches: dict[str, _EventCache] = {}
-        self._logs: dict[str, _Log] = {}
+        self._logs: dict[str, Log] = {}
         #: event id -> its record while held (contract §12); dropped with the record
-        self._ids: dict[str, _Record] = {}
+        self._ids: dict[str, Record] = {}
         self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
         self._table = StateTable()
 
@@ -264,9 +72,6 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
 
     async def _release(self) -> None:
         """Drop every event (they die with the process anyway)."""
-        # Fresh caches rather than clear(): clear() pops items one by one through
-        # the eviction hook, which would count them as capacity evictions.
-        self._caches = {}
         self._logs.clear()
         self._ids.clear()
         self._table = StateTable()
@@ -290,15 +95,19 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
             self._table.check(change)  # no await until it is applied: atomic
         log = self._logs.get(namespace)
         if log is None:
-            log = self._logs[namespace] = _Log(namespace)
-            self._caches[namespace] = self._new_cache(namespace)
+            retention = self._options.retention(namespace)
+            log = self._logs[namespace] = Log(
+                namespace, retention.max_events, retention.ttl_seconds
+            )
+        now = self._clock()
+        self._dropped(log.expire(now), "ttl")
         seq = log.last_seq + 1
         stored = {**event, "seq": seq, "epoch": self.epoch}
         blob = encode(stored)
-        record = _Record(log, seq, blob, checksum(blob), ttl_seconds, event_id)
-        # May expire or evict older records first; this one is never the victim.
-        self._caches[namespace].add(record)
-        log.push(record, at)
+        record = Record(log, seq, blob, checksum(blob), ttl_seconds, event_id, stored)
+        evicted = log.push(record, at, now)  # never this record: max_events >= 1
+        if evicted is not None:
+            self._dropped([evicted], "capacity")
         if event_id:
             self._ids[event_id] = record
         if change is not None:
@@ -380,6 +189,66 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
 
         return await self._read_repairing(read)
 
+    async def replay_stored(
+        self,
+        namespace: str,
+        *,
+        after_seq: int | None = None,
+        epoch: str | None = None,
+        since: datetime | None = None,
+        limit: int,
+    ) -> StoredReplay:
+        """``replay`` as the records themselves: checksums verified, nothing decoded."""
+        check_limit(limit)
+        self._require_open()
+        since_at = since_seconds(since) if since is not None and after_seq is None else None
+
+        async def read() -> StoredReplay | Damaged[_Suspect]:
+            self._expire(namespace)
+            log = self._log(namespace)
+            plan, recovered = decide(
+                after_seq=after_seq,
+                requested_epoch=epoch,
+                epoch=self.epoch,
+                last_seq=log.last_seq,
+                limit=limit,
+                count_held=log.count_held,
+            )
+            records, has_more = log.newest(plan.after_seq, plan.limit, since_at)
+            bad = failing_checksum(records)
+            if bad:
+                return Damaged(bad)
+            return StoredReplay(records, log.last_seq, self.epoch, recovered, has_more)
+
+        return await self._read_repairing(read)
+
+    async def page_stored(
+        self,
+        namespace: str,
+        *,
+        after_seq: int = 0,
+        since: datetime | None = None,
+        limit: int,
+    ) -> StoredReplay:
+        """``page`` as the records themselves: checksums verified, nothing decoded."""
+        check_limit(limit)
+        self._require_open()
+        since_at = since_seconds(since) if since is not None else None
+
+        async def read() -> StoredReplay | Damaged[_Suspect]:
+            self._expire(namespace)
+            log = self._log(namespace)
+            records, has_more = log.oldest(after_seq, limit, since_at)
+            bad = failing_checksum(records)
+            if bad:
+                return Damaged(bad)
+            last = log.last_seq
+            if has_more:
+                last = records[-1].seq if records else max(after_seq, 0)
+            return StoredReplay(records, last, self.epoch, None, has_more)
+
+        return await self._read_repairing(read)
+
     async def last_seq(self, namespace: str) -> int:
         """The latest seq assigned in ``namespace`` (0 when none)."""
         self._require_open()
@@ -403,8 +272,8 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
     async def stats(self) -> StoreStats:
         """Counts per namespace, seq ranges and evictions by reason."""
         self._require_open()
-        for cache in self._caches.values():
-            cache.expire()
+        for namespace in self._logs:
+            self._expire(namespace)
         namespaces = {}
         for name, log in self._logs.items():
             oldest, newest = log.seq_range()
@@ -421,52 +290,53 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
     async def cleanup(self) -> int:
         """Drop expired events and verify every checksum; returns how many were removed."""
         self._require_open()
-        removed = sum(len(cache.expire()) for cache in list(self._caches.values()))
+        removed = sum(self._expire(namespace) for namespace in list(self._logs))
         for log in list(self._logs.values()):
-            bad = [r for r in log.held_records() if checksum(r.blob) != r.crc]
+            bad = [r for r in log.held_records() if checksum(r.json) != r.crc]
             await self._repair([(record, "checksum mismatch") for record in bad])
             removed += len(bad)
         return removed
 
     # -- internals ----------------------------------------------------------
 
-    def _new_cache(self, namespace: str) -> _EventCache:
-        retention = self._options.retention(namespace)
-        return _EventCache(retention.max_events, self._clock, retention.ttl_seconds, self._evicted)
+    def _expire(self, namespace: str) -> int:
+        """Drop the namespace's expired records now; how many."""
+        log = self._logs.get(namespace)
+        if log is None:
+            return 0
+        gone = log.expire(self._clock())
+        self._dropped(gone, "ttl")
+        return len(gone)
 
-    def _expire(self, namespace: str) -> None:
-        cache = self._caches.get(namespace)
-        if cache is not None:
-            cache.expire()
+    def _log(self, namespace: str) -> Log:
+        return self._logs.get(namespace) or Log(namespace)
 
-    def _log(self, namespace: str) -> _Log:
-        return self._logs.get(namespace) or _Log(namespace)
+    def _dropped(self, records: list[Record], reason: str) -> None:
+        """Count records the log removed (expired, evicted) and free their ids."""
+        if records:
+            self._evictions[reason] += len(records)
+            for record in records:
+                self._forget_id(record)
 
-    def _evicted(self, record: _Record, reason: str) -> None:
-        if record.log.remove(record):
-            self._evictions[reason] += 1
-        self._forget_id(record)
-
-    def _forget_id(self, record: _Record) -> None:
+    def _forget_id(self, record: Record) -> None:
         if self._ids.get(record.id) is record:
             del self._ids[record.id]
 
-    def _decode(self, records: list[_Record]) -> list[Event] | Damaged[_Suspect]:
+    def _decode(self, records: list[Record]) -> list[Event] | Damaged[_Suspect]:
         """The records as events, or which of them fail their checks."""
-        crc32 = zlib.crc32  # the same function as codec.checksum, without a call layer
-        bad = [(r, "checksum mismatch") for r in records if crc32(r.blob) != r.crc]
+        bad = failing_checksum(records)
         if bad:
             return Damaged(bad)
         events = (
             decode_many(
-                [r.blob for r in records], [r.seq for r in records], records[0].log.namespace
+                [r.json for r in records], [r.seq for r in records], records[0].log.namespace
             )
             if records
             else []
         )
         if events is not None:
             return events
-        one_by_one = [decode_one(r.blob, r.seq, r.log.namespace) for r in records]
+        one_by_one = [decode_one(r.json, r.seq, r.log.namespace) for r in records]
         bad = [
             (record, "does not deserialize")
             for record, event in zip(records, one_by_one, strict=True)
@@ -483,11 +353,6 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
     def _repair_now(self, suspects: list[_Suspect]) -> None:
         for record, why in suspects:
             self._forget_id(record)
-            # Not through cache.pop(): that reads the entry and would reorder the LRU.
-            cache = self._caches.get(record.log.namespace)
-            with contextlib.suppress(KeyError):
-                if cache is not None:
-                    del cache[record]
             if record.log.remove(record):
                 self._evictions["corrupt"] += 1
                 log_corrupt(record.log.namespace, record.seq, why)

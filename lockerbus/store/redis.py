@@ -47,10 +47,12 @@ from .base import (
     NamespaceStats,
     ReplayResult,
     StateSnapshot,
+    StoredReplay,
     StoreOptions,
     StoreStats,
 )
 from .codec import (
+    as_stored_replay,
     check_append,
     check_limit,
     decode_many,
@@ -105,8 +107,8 @@ def _rows(flat: Sequence[Any]) -> Rows:
     return [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
 
-def _decode(namespace: str, rows: Rows) -> list[Event] | Damaged[Suspect]:
-    """The rows as events, or which of them fail their checks."""
+def _decode(namespace: str, rows: Rows) -> tuple[list[Event], list[bytes]] | Damaged[Suspect]:
+    """The rows as events and the JSON they were decoded from, or which fail their checks."""
     records = [_record(member, seq) for member, seq in rows]
     bad = [row for row, record in zip(rows, records, strict=True) if record is None]
     if not bad:
@@ -114,12 +116,21 @@ def _decode(namespace: str, rows: Rows) -> list[Event] | Damaged[Suspect]:
         seqs = [seq for _member, seq in rows]
         events = decode_many(blobs, seqs, namespace)
         if events is not None:
-            return events
+            return events, blobs
         one_by_one = [decode_one(b, s, namespace) for b, s in zip(blobs, seqs, strict=True)]
         bad = [row for row, ev in zip(rows, one_by_one, strict=True) if ev is None]
         if not bad:
-            return [event for event in one_by_one if event is not None]
+            return [event for event in one_by_one if event is not None], blobs
     return Damaged([(namespace, member, seq) for member, seq in bad])
+
+
+def _answer(
+    decoded: tuple[list[Event], list[bytes]], stored: bool, *facts: Any
+) -> ReplayResult | StoredReplay:
+    """A read's answer: the events, or (``stored``) their bytes as Redis held them."""
+    events, blobs = decoded
+    result = ReplayResult(events, *facts)
+    return as_stored_replay(result, blobs) if stored else result
 
 
 def _stats(
@@ -290,10 +301,38 @@ class RedisEventStore(BaseEventStore[Suspect]):
         limit: int,
     ) -> ReplayResult:
         """Events for a reconnecting client (see base.EventStore.replay)."""
+        result = await self._replay(namespace, after_seq, epoch, since, limit, stored=False)
+        assert isinstance(result, ReplayResult)
+        return result
+
+    async def replay_stored(
+        self,
+        namespace: str,
+        *,
+        after_seq: int | None = None,
+        epoch: str | None = None,
+        since: datetime | None = None,
+        limit: int,
+    ) -> StoredReplay:
+        """``replay`` handing out the bytes Redis held (decoded once, never encoded again)."""
+        result = await self._replay(namespace, after_seq, epoch, since, limit, stored=True)
+        assert isinstance(result, StoredReplay)
+        return result
+
+    async def _replay(
+        self,
+        namespace: str,
+        after_seq: int | None,
+        epoch: str | None,
+        since: datetime | None,
+        limit: int,
+        *,
+        stored: bool,
+    ) -> ReplayResult | StoredReplay:
         check_limit(limit)
         since_at = since_seconds(since) if since is not None and after_seq is None else None
 
-        async def read() -> ReplayResult | Damaged[Suspect]:
+        async def read() -> ReplayResult | StoredReplay | Damaged[Suspect]:
             current, last, held = await self._run(
                 "FACTS",
                 new_epoch(),
@@ -327,10 +366,10 @@ class RedisEventStore(BaseEventStore[Suspect]):
             has_more = len(rows) > plan.limit
             rows = rows[: plan.limit]
             rows.reverse()
-            events = _decode(namespace, rows)
-            if isinstance(events, Damaged):
-                return events
-            return ReplayResult(events, last, store_epoch, recovered, has_more)
+            decoded = _decode(namespace, rows)
+            if isinstance(decoded, Damaged):
+                return decoded
+            return _answer(decoded, stored, last, store_epoch, recovered, has_more)
 
         return await self._read_repairing(read)
 
@@ -343,10 +382,30 @@ class RedisEventStore(BaseEventStore[Suspect]):
         limit: int,
     ) -> ReplayResult:
         """The oldest ``limit`` events after ``after_seq`` (see base.EventStore.page)."""
+        result = await self._page(namespace, after_seq, since, limit, stored=False)
+        assert isinstance(result, ReplayResult)
+        return result
+
+    async def page_stored(
+        self,
+        namespace: str,
+        *,
+        after_seq: int = 0,
+        since: datetime | None = None,
+        limit: int,
+    ) -> StoredReplay:
+        """``page`` handing out the bytes Redis held (as ``replay_stored``)."""
+        result = await self._page(namespace, after_seq, since, limit, stored=True)
+        assert isinstance(result, StoredReplay)
+        return result
+
+    async def _page(
+        self, namespace: str, after_seq: int, since: datetime | None, limit: int, *, stored: bool
+    ) -> ReplayResult | StoredReplay:
         check_limit(limit)
         since_at = since_seconds(since) if since is not None else None
 
-        async def read() -> ReplayResult | Damaged[Suspect]:
+        async def read() -> ReplayResult | StoredReplay | Damaged[Suspect]:
             reply = await self._run(
                 "OLDEST",
                 new_epoch(),
@@ -361,12 +420,12 @@ class RedisEventStore(BaseEventStore[Suspect]):
             rows = _rows(reply[2:])
             has_more = len(rows) > limit
             rows = rows[:limit]
-            events = _decode(namespace, rows)
-            if isinstance(events, Damaged):
-                return events
+            decoded = _decode(namespace, rows)
+            if isinstance(decoded, Damaged):
+                return decoded
             if has_more:
                 last = rows[-1][1] if rows else max(after_seq, 0)
-            return ReplayResult(events, last, store_epoch, None, has_more)
+            return _answer(decoded, stored, last, store_epoch, None, has_more)
 
         return await self._read_repairing(read)
 

@@ -21,7 +21,7 @@ from datetime import datetime
 from ..errors import StoreUnavailableError
 from ..events import Event
 from .backend import BaseEventStore, Damaged
-from .base import Appended, ReplayResult, StateSnapshot, StoreOptions, StoreStats
+from .base import Appended, ReplayResult, StateSnapshot, StoredReplay, StoreOptions, StoreStats
 from .codec import check_append, check_limit, event_time, since_seconds
 from .sqlite_reads import (
     Read,
@@ -139,6 +139,35 @@ class SqliteEventStore(BaseEventStore[Suspect]):
         limit: int,
     ) -> ReplayResult:
         """Events for a reconnecting client (see base.EventStore.replay)."""
+        result = await self._replay(namespace, after_seq, epoch, since, limit, stored=False)
+        assert isinstance(result, ReplayResult)
+        return result
+
+    async def replay_stored(
+        self,
+        namespace: str,
+        *,
+        after_seq: int | None = None,
+        epoch: str | None = None,
+        since: datetime | None = None,
+        limit: int,
+    ) -> StoredReplay:
+        """``replay`` handing out the rows' bytes (decoded once, for their fields and
+        checks, never encoded again)."""
+        result = await self._replay(namespace, after_seq, epoch, since, limit, stored=True)
+        assert isinstance(result, StoredReplay)
+        return result
+
+    async def _replay(
+        self,
+        namespace: str,
+        after_seq: int | None,
+        epoch: str | None,
+        since: datetime | None,
+        limit: int,
+        *,
+        stored: bool,
+    ) -> ReplayResult | StoredReplay:
         check_limit(limit)
         since_at = since_seconds(since) if since is not None and after_seq is None else None
         read = replay_read(
@@ -149,6 +178,7 @@ class SqliteEventStore(BaseEventStore[Suspect]):
             since_at=since_at,
             limit=limit,
             clock=self._clock,
+            stored=stored,
         )
         return await self._read_checked(read)
 
@@ -161,6 +191,26 @@ class SqliteEventStore(BaseEventStore[Suspect]):
         limit: int,
     ) -> ReplayResult:
         """The oldest ``limit`` events after ``after_seq`` (see base.EventStore.page)."""
+        result = await self._page(namespace, after_seq, since, limit, stored=False)
+        assert isinstance(result, ReplayResult)
+        return result
+
+    async def page_stored(
+        self,
+        namespace: str,
+        *,
+        after_seq: int = 0,
+        since: datetime | None = None,
+        limit: int,
+    ) -> StoredReplay:
+        """``page`` handing out the rows' bytes (as ``replay_stored``)."""
+        result = await self._page(namespace, after_seq, since, limit, stored=True)
+        assert isinstance(result, StoredReplay)
+        return result
+
+    async def _page(
+        self, namespace: str, after_seq: int, since: datetime | None, limit: int, *, stored: bool
+    ) -> ReplayResult | StoredReplay:
         check_limit(limit)
         since_at = since_seconds(since) if since is not None else None
         read = page_read(
@@ -170,6 +220,7 @@ class SqliteEventStore(BaseEventStore[Suspect]):
             since_at=since_at,
             limit=limit,
             clock=self._clock,
+            stored=stored,
         )
         return await self._read_checked(read)
 
@@ -222,12 +273,12 @@ class SqliteEventStore(BaseEventStore[Suspect]):
             raise StoreUnavailableError(f"{self._name} is closed")
         return self._readers
 
-    async def _read_checked(self, read: Read) -> ReplayResult:
+    async def _read_checked(self, read: Read) -> ReplayResult | StoredReplay:
         """Run ``read`` on a reader, on a file that is still ours, repairing as needed."""
         writer = self._open_writer()
         readers = self._open_readers()
 
-        def checked(conn: sqlite3.Connection) -> ReplayResult | Damaged[Suspect]:
+        def checked(conn: sqlite3.Connection) -> ReplayResult | StoredReplay | Damaged[Suspect]:
             writer.check_file()
             return read(conn)
 

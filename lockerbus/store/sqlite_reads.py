@@ -20,8 +20,8 @@ from typing import Any, Final, TypeVar
 from ..events import Event
 from ..recovery import decide
 from .backend import Damaged
-from .base import EVICTION_REASONS, NamespaceStats, ReplayResult, StoreStats
-from .codec import decode_many, decode_one
+from .base import EVICTION_REASONS, NamespaceStats, ReplayResult, StoredReplay, StoreStats
+from .codec import as_stored_replay, decode_many, decode_one
 from .sqlite_schema import connect, fault, last_seq, rollback, unavailable
 
 T = TypeVar("T")
@@ -30,7 +30,7 @@ _READERS: Final = 2
 
 #: How a suspect row is named: (namespace, seq).
 Suspect = tuple[str, int]
-Read = Callable[[sqlite3.Connection], "ReplayResult | Damaged[Suspect]"]
+Read = Callable[[sqlite3.Connection], "ReplayResult | StoredReplay | Damaged[Suspect]"]
 
 
 class Readers:
@@ -91,10 +91,12 @@ def replay_read(
     since_at: float | None,
     limit: int,
     clock: Callable[[], float],
+    stored: bool = False,
 ) -> Read:
-    """The read behind ``replay`` (see base.EventStore.replay)."""
+    """The read behind ``replay`` (see base.EventStore.replay); ``stored``: the rows'
+    bytes as read, with the fields a decode (which also checks them) gave."""
 
-    def read(conn: sqlite3.Connection) -> ReplayResult | Damaged[Suspect]:
+    def read(conn: sqlite3.Connection) -> ReplayResult | StoredReplay | Damaged[Suspect]:
         now = clock()
         last = last_seq(conn, namespace)
 
@@ -129,7 +131,8 @@ def replay_read(
         events = decode_rows(rows, namespace)
         if isinstance(events, Damaged):
             return events
-        return ReplayResult(events, last, epoch, recovered, has_more)
+        result = ReplayResult(events, last, epoch, recovered, has_more)
+        return as_stored_replay(result, [r[2] for r in rows]) if stored else result
 
     return read
 
@@ -142,10 +145,11 @@ def page_read(
     since_at: float | None,
     limit: int,
     clock: Callable[[], float],
+    stored: bool = False,
 ) -> Read:
-    """The read behind ``page`` (see base.EventStore.page)."""
+    """The read behind ``page`` (see base.EventStore.page); ``stored`` as for replay."""
 
-    def read(conn: sqlite3.Connection) -> ReplayResult | Damaged[Suspect]:
+    def read(conn: sqlite3.Connection) -> ReplayResult | StoredReplay | Damaged[Suspect]:
         now = clock()
         last = last_seq(conn, namespace)
         sql = "SELECT seq, crc, body FROM events WHERE namespace = ? AND seq > ? AND expires > ?"
@@ -161,7 +165,8 @@ def page_read(
             return events
         if has_more:
             last = rows[-1][0] if rows else max(after_seq, 0)
-        return ReplayResult(events, last, epoch, None, has_more)
+        result = ReplayResult(events, last, epoch, None, has_more)
+        return as_stored_replay(result, [r[2] for r in rows]) if stored else result
 
     return read
 
