@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import engineio
 import socketio
 
 from .auth import TokenVerifier, check_subscribe_room
@@ -209,6 +210,18 @@ class LockerbusNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             server_logger.log(level, "could not publish %s event: %s", event_type, exc.message)
 
 
+#: python-engineio decodes at most 16 packets per long-polling payload by default, a
+#: guard against many tiny packets that the byte limit (max_http_buffer_size) already
+#: bounds.  A polling client's burst of publishes, or a replay it reads, has more.
+POLLING_PAYLOAD_PACKETS: Final = 65_536
+
+
+def allow_long_polling_payloads() -> None:
+    """Raise python-engineio's packets-per-payload limit (process-wide, never lowered)."""
+    payload = engineio.payload.Payload
+    payload.max_decode_packets = max(payload.max_decode_packets, POLLING_PAYLOAD_PACKETS)
+
+
 class LockerbusServer(HookedAsyncServer):
     """The AsyncServer: CORS, the Admin UI, the :class:`~lockerbus.fanout.Sender`
     on its Engine.IO server, and the two hooks the namespaces need."""
@@ -234,6 +247,7 @@ class LockerbusServer(HookedAsyncServer):
         )
         self._tasks = tasks
         self.sender = Sender(self.eio, settings.max_send_queue, settings.max_send_buffer_bytes)
+        allow_long_polling_payloads()
 
     def serve(self, namespaces: list[LockerbusNamespace], settings: Settings) -> None:
         """Register the namespaces, then the hosted Admin UI when enabled."""

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from tests.storekit import BACKENDS, Factory
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -103,3 +107,15 @@ def postgres_server():  # type: ignore[no-untyped-def]
 
     with running() as server:
         yield server
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Factory]:
+    if request.param == "redis":
+        request.getfixturevalue("redis_shared")
+    if request.param == "postgresql":
+        request.getfixturevalue("postgres_shared")
+    factory = Factory(BACKENDS[request.param], tmp_path)
+    yield factory
+    for store in factory.stores:
+        await store.close()

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from lockerbus.store import EventStore
+from lockerbus.store import EventStore, Retention, StoreOptions, open_store
 from lockerbus.store.memory import MemoryEventStore
 
 T0 = datetime(2026, 11, 26, 19, 0, 0, tzinfo=UTC)
@@ -221,3 +221,43 @@ BACKENDS = {
 
 def at_minute(minute: float) -> datetime:
     return T0 + timedelta(minutes=minute)
+
+
+HOUR = 3600.0
+
+
+class Factory:
+    """Makes started stores of one backend, all on one fake clock; closes them after."""
+
+    def __init__(self, backend: Backend, directory: Path) -> None:
+        self.backend = backend
+        self.clock = FakeClock()
+        self.directory = directory
+        self.stores: list[EventStore] = []
+
+    async def __call__(
+        self,
+        *,
+        max_events: int = 1000,
+        ttl_seconds: float = HOUR,
+        namespaces: dict[str, Retention] | None = None,
+    ) -> EventStore:
+        options = StoreOptions(
+            max_events=max_events,
+            ttl_seconds=ttl_seconds,
+            cleanup_interval_seconds=HOUR,
+            namespaces=namespaces or {},
+        )
+        url = self.backend.url(self.directory, f"store{len(self.stores)}")
+        return await self._open(url, options)
+
+    async def again(self) -> EventStore:
+        """Another handle on the first store's storage (as a second process would open it)."""
+        options = StoreOptions(cleanup_interval_seconds=HOUR)
+        return await self._open(self.backend.url(self.directory, "store0"), options)
+
+    async def _open(self, url: str, options: StoreOptions) -> EventStore:
+        store = open_store(url, options, clock=self.clock)
+        await store.start()
+        self.stores.append(store)
+        return store

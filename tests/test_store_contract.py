@@ -1,14 +1,13 @@
 """The store contract (lockerbus/store/base.py), run against every backend.
 
-A new backend joins by adding a param to ``store_factory`` (and a Backend in
-storekit.BACKENDS); every case below then holds it to the same guarantees.
+A new backend joins by adding a Backend to storekit.BACKENDS: the ``store_factory``
+fixture (tests/conftest.py) then runs every case below against it too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,8 @@ from lockerbus.errors import ConflictError, StoreUnavailableError
 from lockerbus.store import DuplicateEvent, EventStore, Retention, StoreOptions, open_store
 from tests.storekit import (
     BACKENDS,
-    Backend,
-    FakeClock,
+    HOUR,
+    Factory,
     at_minute,
     help_event,
     help_update,
@@ -31,56 +30,6 @@ from tests.storekit import (
 LOCKERS = "/ws/lockers"
 HELP = "/ws/help"
 EVENTS = "/ws/events"
-HOUR = 3600.0
-
-
-class Factory:
-    """Makes started stores of one backend, all on one fake clock; closes them after."""
-
-    def __init__(self, backend: Backend, directory: Path) -> None:
-        self.backend = backend
-        self.clock = FakeClock()
-        self.directory = directory
-        self.stores: list[EventStore] = []
-
-    async def __call__(
-        self,
-        *,
-        max_events: int = 1000,
-        ttl_seconds: float = HOUR,
-        namespaces: dict[str, Retention] | None = None,
-    ) -> EventStore:
-        options = StoreOptions(
-            max_events=max_events,
-            ttl_seconds=ttl_seconds,
-            cleanup_interval_seconds=HOUR,
-            namespaces=namespaces or {},
-        )
-        url = self.backend.url(self.directory, f"store{len(self.stores)}")
-        return await self._open(url, options)
-
-    async def again(self) -> EventStore:
-        """Another handle on the first store's storage (as a second process would open it)."""
-        options = StoreOptions(cleanup_interval_seconds=HOUR)
-        return await self._open(self.backend.url(self.directory, "store0"), options)
-
-    async def _open(self, url: str, options: StoreOptions) -> EventStore:
-        store = open_store(url, options, clock=self.clock)
-        await store.start()
-        self.stores.append(store)
-        return store
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Factory]:
-    if request.param == "redis":
-        request.getfixturevalue("redis_shared")
-    if request.param == "postgresql":
-        request.getfixturevalue("postgres_shared")
-    factory = Factory(BACKENDS[request.param], tmp_path)
-    yield factory
-    for store in factory.stores:
-        await store.close()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import engineio
 import socketio
 
 from ..events import EVENT_TYPES, EVENTS_NS, NAMESPACE_ROOMS
@@ -18,6 +19,11 @@ from .state import STATE_ROUTES, fetch_state
 
 if TYPE_CHECKING:
     from .core import LockerbusClient
+
+
+#: packets the client reads from one long-polling answer (the server's send queue
+#: holds at most LOCKERBUS_MAX_SEND_QUEUE of them, 5,000 by default)
+POLLING_PAYLOAD_PACKETS = 65_536
 
 
 class Link:
@@ -59,6 +65,10 @@ class Link:
 
     def _new_sio(self) -> socketio.AsyncClient:
         opts = self.client.options
+        # python-engineio reads at most 16 packets from a long-polling answer by
+        # default: a replay is more, and the client would never get connected
+        payload = engineio.payload.Payload
+        payload.max_decode_packets = max(payload.max_decode_packets, POLLING_PAYLOAD_PACKETS)
         extra: dict[str, Any] = {}
         if opts.ca_file is not None:
             extra["http_session"] = functools.partial(_session_trusting, opts.ca_file)
