@@ -27,8 +27,8 @@ from typing import ClassVar, Generic, Literal, Self, TypeVar, cast
 from ..errors import StoreUnavailableError
 from ..events import Event
 from ..log import store_logger
-from .base import Appended, EventStore, StoredReplay, StoreOptions
-from .codec import as_stored_replay
+from .base import Appended, EventStore, ReplayResult, StoredReplay, StoreOptions
+from .codec import check_limit, since_seconds
 from .state import StateTable, fold_history
 
 S = TypeVar("S")
@@ -119,6 +119,22 @@ class BaseEventStore(abc.ABC, Generic[S]):
                 outcomes.append(exc)
         return outcomes
 
+    # -- reading: the public forms, each backend reads in _replay and _page -------
+
+    async def replay(
+        self,
+        namespace: str,
+        *,
+        after_seq: int | None = None,
+        epoch: str | None = None,
+        since: datetime | None = None,
+        limit: int,
+    ) -> ReplayResult:
+        """Events for a reconnecting client (see base.EventStore.replay)."""
+        result = await self._replay_checked(namespace, after_seq, epoch, since, limit, False)
+        assert isinstance(result, ReplayResult)
+        return result
+
     async def replay_stored(
         self,
         namespace: str,
@@ -128,14 +144,23 @@ class BaseEventStore(abc.ABC, Generic[S]):
         since: datetime | None = None,
         limit: int,
     ) -> StoredReplay:
-        """``replay`` as stored bytes (see base.EventStore.replay_stored).  This default
-        encodes what ``replay`` decoded; a backend that can hand out the bytes it read
-        overrides it."""
-        store = cast("EventStore", self)
-        result = await store.replay(
-            namespace, after_seq=after_seq, epoch=epoch, since=since, limit=limit
-        )
-        return as_stored_replay(result)
+        """``replay`` as stored bytes (see base.EventStore.replay_stored)."""
+        result = await self._replay_checked(namespace, after_seq, epoch, since, limit, True)
+        assert isinstance(result, StoredReplay)
+        return result
+
+    async def page(
+        self,
+        namespace: str,
+        *,
+        after_seq: int = 0,
+        since: datetime | None = None,
+        limit: int,
+    ) -> ReplayResult:
+        """The oldest ``limit`` events after ``after_seq`` (see base.EventStore.page)."""
+        result = await self._page_checked(namespace, after_seq, since, limit, False)
+        assert isinstance(result, ReplayResult)
+        return result
 
     async def page_stored(
         self,
@@ -145,11 +170,57 @@ class BaseEventStore(abc.ABC, Generic[S]):
         since: datetime | None = None,
         limit: int,
     ) -> StoredReplay:
-        """``page`` as stored bytes (see base.EventStore.page_stored); default as above."""
-        store = cast("EventStore", self)
-        return as_stored_replay(
-            await store.page(namespace, after_seq=after_seq, since=since, limit=limit)
-        )
+        """``page`` as stored bytes (see base.EventStore.page_stored)."""
+        result = await self._page_checked(namespace, after_seq, since, limit, True)
+        assert isinstance(result, StoredReplay)
+        return result
+
+    async def _replay_checked(
+        self,
+        namespace: str,
+        after_seq: int | None,
+        epoch: str | None,
+        since: datetime | None,
+        limit: int,
+        stored: bool,
+    ) -> ReplayResult | StoredReplay:
+        check_limit(limit)
+        since_at = since_seconds(since) if since is not None and after_seq is None else None
+        return await self._replay(namespace, after_seq, epoch, since_at, limit, stored=stored)
+
+    async def _page_checked(
+        self, namespace: str, after_seq: int, since: datetime | None, limit: int, stored: bool
+    ) -> ReplayResult | StoredReplay:
+        check_limit(limit)
+        since_at = since_seconds(since) if since is not None else None
+        return await self._page(namespace, after_seq, since_at, limit, stored=stored)
+
+    @abc.abstractmethod
+    async def _replay(
+        self,
+        namespace: str,
+        after_seq: int | None,
+        epoch: str | None,
+        since_at: float | None,
+        limit: int,
+        *,
+        stored: bool,
+    ) -> ReplayResult | StoredReplay:
+        """The read behind ``replay`` (``since_at``: POSIX seconds, only without
+        ``after_seq``); with ``stored``, the stored bytes (a backend that holds only
+        decoded events answers :func:`codec.as_stored_replay` of them)."""
+
+    @abc.abstractmethod
+    async def _page(
+        self,
+        namespace: str,
+        after_seq: int,
+        since_at: float | None,
+        limit: int,
+        *,
+        stored: bool,
+    ) -> ReplayResult | StoredReplay:
+        """The read behind ``page``, as ``_replay``."""
 
     # -- lifecycle --------------------------------------------------------------
 

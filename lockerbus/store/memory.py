@@ -16,7 +16,6 @@ atomic with respect to other coroutines; nothing touches disk or network.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import cast
 
 from ..events import Event
@@ -34,7 +33,6 @@ from .base import (
 )
 from .codec import (
     check_append,
-    check_limit,
     checksum,
     decode_many,
     decode_one,
@@ -42,7 +40,6 @@ from .codec import (
     event_time,
     log_corrupt,
     new_epoch,
-    since_seconds,
 )
 from .memory_log import Log, Record, failing_checksum
 from .state import STATE_NAMESPACES, StateKind, StateTable, change_of
@@ -129,21 +126,19 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
     # -- reading ------------------------------------------------------------
     # No read awaits anything real: each runs to its answer without yielding.
 
-    async def replay(
+    async def _replay(
         self,
         namespace: str,
-        *,
-        after_seq: int | None = None,
-        epoch: str | None = None,
-        since: datetime | None = None,
+        after_seq: int | None,
+        epoch: str | None,
+        since_at: float | None,
         limit: int,
-    ) -> ReplayResult:
-        """Events for a reconnecting client (see base.EventStore.replay)."""
-        check_limit(limit)
+        *,
+        stored: bool,
+    ) -> ReplayResult | StoredReplay:
         self._require_open()
-        since_at = since_seconds(since) if since is not None and after_seq is None else None
 
-        async def read() -> ReplayResult | Damaged[_Suspect]:
+        async def read() -> ReplayResult | StoredReplay | Damaged[_Suspect]:
             self._expire(namespace)
             log = self._log(namespace)
             plan, recovered = decide(
@@ -155,99 +150,51 @@ class MemoryEventStore(BaseEventStore[_Suspect]):
                 count_held=log.count_held,
             )
             records, has_more = log.newest(plan.after_seq, plan.limit, since_at)
-            events = self._decode(records)
-            if isinstance(events, Damaged):
-                return events  # removed, then decided again, now that the hole shows
-            return ReplayResult(events, log.last_seq, self.epoch, recovered, has_more)
+            return self._answer(records, stored, log.last_seq, recovered, has_more)
 
         return await self._read_repairing(read)
 
-    async def page(
+    async def _page(
         self,
         namespace: str,
-        *,
-        after_seq: int = 0,
-        since: datetime | None = None,
+        after_seq: int,
+        since_at: float | None,
         limit: int,
-    ) -> ReplayResult:
-        """The oldest ``limit`` events after ``after_seq`` (see base.EventStore.page)."""
-        check_limit(limit)
+        *,
+        stored: bool,
+    ) -> ReplayResult | StoredReplay:
         self._require_open()
-        since_at = since_seconds(since) if since is not None else None
 
-        async def read() -> ReplayResult | Damaged[_Suspect]:
+        async def read() -> ReplayResult | StoredReplay | Damaged[_Suspect]:
             self._expire(namespace)
             log = self._log(namespace)
             records, has_more = log.oldest(after_seq, limit, since_at)
-            events = self._decode(records)
-            if isinstance(events, Damaged):
-                return events
             last = log.last_seq
             if has_more:
                 last = records[-1].seq if records else max(after_seq, 0)
-            return ReplayResult(events, last, self.epoch, None, has_more)
+            return self._answer(records, stored, last, None, has_more)
 
         return await self._read_repairing(read)
 
-    async def replay_stored(
+    def _answer(
         self,
-        namespace: str,
-        *,
-        after_seq: int | None = None,
-        epoch: str | None = None,
-        since: datetime | None = None,
-        limit: int,
-    ) -> StoredReplay:
-        """``replay`` as the records themselves: checksums verified, nothing decoded."""
-        check_limit(limit)
-        self._require_open()
-        since_at = since_seconds(since) if since is not None and after_seq is None else None
-
-        async def read() -> StoredReplay | Damaged[_Suspect]:
-            self._expire(namespace)
-            log = self._log(namespace)
-            plan, recovered = decide(
-                after_seq=after_seq,
-                requested_epoch=epoch,
-                epoch=self.epoch,
-                last_seq=log.last_seq,
-                limit=limit,
-                count_held=log.count_held,
-            )
-            records, has_more = log.newest(plan.after_seq, plan.limit, since_at)
+        records: list[Record],
+        stored: bool,
+        last_seq: int,
+        recovered: bool | None,
+        has_more: bool,
+    ) -> ReplayResult | StoredReplay | Damaged[_Suspect]:
+        """Records as a read's answer: themselves (checksums verified, nothing decoded)
+        or decoded; a damaged record makes the read decide again once it is removed."""
+        if stored:
             bad = failing_checksum(records)
             if bad:
                 return Damaged(bad)
-            return StoredReplay(records, log.last_seq, self.epoch, recovered, has_more)
-
-        return await self._read_repairing(read)
-
-    async def page_stored(
-        self,
-        namespace: str,
-        *,
-        after_seq: int = 0,
-        since: datetime | None = None,
-        limit: int,
-    ) -> StoredReplay:
-        """``page`` as the records themselves: checksums verified, nothing decoded."""
-        check_limit(limit)
-        self._require_open()
-        since_at = since_seconds(since) if since is not None else None
-
-        async def read() -> StoredReplay | Damaged[_Suspect]:
-            self._expire(namespace)
-            log = self._log(namespace)
-            records, has_more = log.oldest(after_seq, limit, since_at)
-            bad = failing_checksum(records)
-            if bad:
-                return Damaged(bad)
-            last = log.last_seq
-            if has_more:
-                last = records[-1].seq if records else max(after_seq, 0)
-            return StoredReplay(records, last, self.epoch, None, has_more)
-
-        return await self._read_repairing(read)
+            return StoredReplay(records, last_seq, self.epoch, recovered, has_more)
+        events = self._decode(records)
+        if isinstance(events, Damaged):
+            return events
+        return ReplayResult(events, last_seq, self.epoch, recovered, has_more)
 
     async def last_seq(self, namespace: str) -> int:
         """The latest seq assigned in ``namespace`` (0 when none)."""

@@ -20,14 +20,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from ..errors import StoreUnavailableError
 from ..events import Event
 from .backend import BaseEventStore
-from .base import Appended, ReplayResult, StateSnapshot, StoreOptions, StoreStats
-from .codec import check_append, check_limit, event_time, since_seconds
+from .base import (
+    Appended,
+    ReplayResult,
+    StateSnapshot,
+    StoredReplay,
+    StoreOptions,
+    StoreStats,
+)
+from .codec import as_stored_replay, check_append, event_time
 from .postgres_cleanup import expire, remove_corrupt
 from .postgres_reads import (
     Read,
@@ -202,18 +208,16 @@ class PostgresEventStore(BaseEventStore[Suspect]):
 
     # -- reading ------------------------------------------------------------
 
-    async def replay(
+    async def _replay(
         self,
         namespace: str,
-        *,
-        after_seq: int | None = None,
-        epoch: str | None = None,
-        since: datetime | None = None,
+        after_seq: int | None,
+        epoch: str | None,
+        since_at: float | None,
         limit: int,
-    ) -> ReplayResult:
-        """Events for a reconnecting client (see base.EventStore.replay)."""
-        check_limit(limit)
-        since_at = since_seconds(since) if since is not None and after_seq is None else None
+        *,
+        stored: bool,
+    ) -> ReplayResult | StoredReplay:
         read = replay_read(
             namespace,
             after_seq=after_seq,
@@ -223,19 +227,18 @@ class PostgresEventStore(BaseEventStore[Suspect]):
             limit=limit,
             clock=self._clock,
         )
-        return await self._read_checked(read)
+        result = await self._read_checked(read)
+        return as_stored_replay(result) if stored else result
 
-    async def page(
+    async def _page(
         self,
         namespace: str,
-        *,
-        after_seq: int = 0,
-        since: datetime | None = None,
+        after_seq: int,
+        since_at: float | None,
         limit: int,
-    ) -> ReplayResult:
-        """The oldest ``limit`` events after ``after_seq`` (see base.EventStore.page)."""
-        check_limit(limit)
-        since_at = since_seconds(since) if since is not None else None
+        *,
+        stored: bool,
+    ) -> ReplayResult | StoredReplay:
         read = page_read(
             namespace,
             after_seq=after_seq,
@@ -244,7 +247,8 @@ class PostgresEventStore(BaseEventStore[Suspect]):
             limit=limit,
             clock=self._clock,
         )
-        return await self._read_checked(read)
+        result = await self._read_checked(read)
+        return as_stored_replay(result) if stored else result
 
     async def last_seq(self, namespace: str) -> int:
         """The latest seq assigned in ``namespace`` (0 when none)."""

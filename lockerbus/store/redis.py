@@ -26,7 +26,6 @@ import functools
 import json
 import zlib
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any, Final
 
 from ..errors import StoreUnavailableError
@@ -54,14 +53,12 @@ from .base import (
 from .codec import (
     as_stored_replay,
     check_append,
-    check_limit,
     decode_many,
     decode_one,
     encode,
     event_time,
     log_corrupt,
     new_epoch,
-    since_seconds,
 )
 from .redis_link import MAX_CONNECTIONS, RedisLink
 from .redis_writer import RedisWriter
@@ -291,46 +288,16 @@ class RedisEventStore(BaseEventStore[Suspect]):
 
     # -- reading ------------------------------------------------------------
 
-    async def replay(
-        self,
-        namespace: str,
-        *,
-        after_seq: int | None = None,
-        epoch: str | None = None,
-        since: datetime | None = None,
-        limit: int,
-    ) -> ReplayResult:
-        """Events for a reconnecting client (see base.EventStore.replay)."""
-        result = await self._replay(namespace, after_seq, epoch, since, limit, stored=False)
-        assert isinstance(result, ReplayResult)
-        return result
-
-    async def replay_stored(
-        self,
-        namespace: str,
-        *,
-        after_seq: int | None = None,
-        epoch: str | None = None,
-        since: datetime | None = None,
-        limit: int,
-    ) -> StoredReplay:
-        """``replay`` handing out the bytes Redis held (decoded once, never encoded again)."""
-        result = await self._replay(namespace, after_seq, epoch, since, limit, stored=True)
-        assert isinstance(result, StoredReplay)
-        return result
-
     async def _replay(
         self,
         namespace: str,
         after_seq: int | None,
         epoch: str | None,
-        since: datetime | None,
+        since_at: float | None,
         limit: int,
         *,
         stored: bool,
     ) -> ReplayResult | StoredReplay:
-        check_limit(limit)
-        since_at = since_seconds(since) if since is not None and after_seq is None else None
 
         async def read() -> ReplayResult | StoredReplay | Damaged[Suspect]:
             current, last, held = await self._run(
@@ -373,37 +340,15 @@ class RedisEventStore(BaseEventStore[Suspect]):
 
         return await self._read_repairing(read)
 
-    async def page(
-        self,
-        namespace: str,
-        *,
-        after_seq: int = 0,
-        since: datetime | None = None,
-        limit: int,
-    ) -> ReplayResult:
-        """The oldest ``limit`` events after ``after_seq`` (see base.EventStore.page)."""
-        result = await self._page(namespace, after_seq, since, limit, stored=False)
-        assert isinstance(result, ReplayResult)
-        return result
-
-    async def page_stored(
-        self,
-        namespace: str,
-        *,
-        after_seq: int = 0,
-        since: datetime | None = None,
-        limit: int,
-    ) -> StoredReplay:
-        """``page`` handing out the bytes Redis held (as ``replay_stored``)."""
-        result = await self._page(namespace, after_seq, since, limit, stored=True)
-        assert isinstance(result, StoredReplay)
-        return result
-
     async def _page(
-        self, namespace: str, after_seq: int, since: datetime | None, limit: int, *, stored: bool
+        self,
+        namespace: str,
+        after_seq: int,
+        since_at: float | None,
+        limit: int,
+        *,
+        stored: bool,
     ) -> ReplayResult | StoredReplay:
-        check_limit(limit)
-        since_at = since_seconds(since) if since is not None else None
 
         async def read() -> ReplayResult | StoredReplay | Damaged[Suspect]:
             reply = await self._run(

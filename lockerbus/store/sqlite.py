@@ -16,13 +16,12 @@ import functools
 import os
 import sqlite3
 from collections.abc import Callable
-from datetime import datetime
 
 from ..errors import StoreUnavailableError
 from ..events import Event
 from .backend import BaseEventStore, Damaged
 from .base import Appended, ReplayResult, StateSnapshot, StoredReplay, StoreOptions, StoreStats
-from .codec import check_append, check_limit, event_time, since_seconds
+from .codec import check_append, event_time
 from .sqlite_reads import (
     Read,
     Readers,
@@ -129,47 +128,16 @@ class SqliteEventStore(BaseEventStore[Suspect]):
 
     # -- reading ------------------------------------------------------------
 
-    async def replay(
-        self,
-        namespace: str,
-        *,
-        after_seq: int | None = None,
-        epoch: str | None = None,
-        since: datetime | None = None,
-        limit: int,
-    ) -> ReplayResult:
-        """Events for a reconnecting client (see base.EventStore.replay)."""
-        result = await self._replay(namespace, after_seq, epoch, since, limit, stored=False)
-        assert isinstance(result, ReplayResult)
-        return result
-
-    async def replay_stored(
-        self,
-        namespace: str,
-        *,
-        after_seq: int | None = None,
-        epoch: str | None = None,
-        since: datetime | None = None,
-        limit: int,
-    ) -> StoredReplay:
-        """``replay`` handing out the rows' bytes (decoded once, for their fields and
-        checks, never encoded again)."""
-        result = await self._replay(namespace, after_seq, epoch, since, limit, stored=True)
-        assert isinstance(result, StoredReplay)
-        return result
-
     async def _replay(
         self,
         namespace: str,
         after_seq: int | None,
         epoch: str | None,
-        since: datetime | None,
+        since_at: float | None,
         limit: int,
         *,
         stored: bool,
     ) -> ReplayResult | StoredReplay:
-        check_limit(limit)
-        since_at = since_seconds(since) if since is not None and after_seq is None else None
         read = replay_read(
             namespace,
             after_seq=after_seq,
@@ -182,37 +150,15 @@ class SqliteEventStore(BaseEventStore[Suspect]):
         )
         return await self._read_checked(read)
 
-    async def page(
-        self,
-        namespace: str,
-        *,
-        after_seq: int = 0,
-        since: datetime | None = None,
-        limit: int,
-    ) -> ReplayResult:
-        """The oldest ``limit`` events after ``after_seq`` (see base.EventStore.page)."""
-        result = await self._page(namespace, after_seq, since, limit, stored=False)
-        assert isinstance(result, ReplayResult)
-        return result
-
-    async def page_stored(
-        self,
-        namespace: str,
-        *,
-        after_seq: int = 0,
-        since: datetime | None = None,
-        limit: int,
-    ) -> StoredReplay:
-        """``page`` handing out the rows' bytes (as ``replay_stored``)."""
-        result = await self._page(namespace, after_seq, since, limit, stored=True)
-        assert isinstance(result, StoredReplay)
-        return result
-
     async def _page(
-        self, namespace: str, after_seq: int, since: datetime | None, limit: int, *, stored: bool
+        self,
+        namespace: str,
+        after_seq: int,
+        since_at: float | None,
+        limit: int,
+        *,
+        stored: bool,
     ) -> ReplayResult | StoredReplay:
-        check_limit(limit)
-        since_at = since_seconds(since) if since is not None else None
         read = page_read(
             namespace,
             after_seq=after_seq,
