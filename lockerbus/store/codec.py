@@ -8,9 +8,11 @@ cover.  Decoding many records at once is one orjson call, which is what keeps a
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -19,7 +21,7 @@ import orjson
 from ..events import Event
 from ..log import store_logger
 from ..tags import tags_of
-from .base import ReplayResult, StoredReplay, StoredRow
+from .base import Appended, ReplayResult, StoredReplay, StoredRow
 
 
 def new_epoch() -> str:
@@ -141,3 +143,41 @@ def _is_record(event: Any, seq: int, namespace: str) -> bool:
 def log_corrupt(namespace: str, seq: int, why: str) -> None:
     """Say once (the record is removed right after) which record was lost and why."""
     store_logger.warning("corrupt event removed: namespace=%s seq=%d (%s)", namespace, seq, why)
+
+
+@dataclass(slots=True)
+class Append:
+    """An append waiting for the writer."""
+
+    event: Event
+    at: float
+    ttl: float | None
+    future: asyncio.Future[Event]
+
+
+async def append_together(
+    events: list[Event],
+    ttl_seconds: float | None,
+    loop: asyncio.AbstractEventLoop,
+    submit: Callable[[list[Append]], None],
+) -> list[Appended]:
+    """Check each event, hand the good ones to ``submit`` as one group (one write), and
+    answer each in order: an event that is refused fails on its own."""
+    outcomes: list[Appended | None] = [None] * len(events)
+    jobs: list[tuple[int, Append]] = []
+    for i, event in enumerate(events):
+        try:
+            check_append(event, ttl_seconds)
+            at = event_time(event)
+        except ValueError as exc:
+            outcomes[i] = exc
+            continue
+        jobs.append((i, Append(event, at, ttl_seconds, loop.create_future())))
+    if jobs:
+        submit([job for _i, job in jobs])
+    for i, job in jobs:
+        try:
+            outcomes[i] = await job.future
+        except Exception as exc:
+            outcomes[i] = exc
+    return [o for o in outcomes if o is not None]

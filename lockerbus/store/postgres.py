@@ -33,7 +33,7 @@ from .base import (
     StoreOptions,
     StoreStats,
 )
-from .codec import as_stored_replay, check_append, event_time
+from .codec import Append, append_together, as_stored_replay, check_append, event_time
 from .postgres_cleanup import expire, remove_corrupt
 from .postgres_reads import (
     Read,
@@ -46,7 +46,7 @@ from .postgres_reads import (
 )
 from .postgres_schema import SCHEMA_VERSION, migrate, unavailable, where
 from .postgres_state import read_state, replace
-from .postgres_writer import Append, PostgresWriter
+from .postgres_writer import PostgresWriter
 from .state import StateKind, StateTable
 
 if TYPE_CHECKING:
@@ -185,26 +185,8 @@ class PostgresEventStore(BaseEventStore[Suspect]):
         self, events: list[Event], *, ttl_seconds: float | None = None
     ) -> list[Appended]:
         """Append ``events`` in one transaction (see base.EventStore.append_many)."""
-        outcomes: list[Appended | None] = [None] * len(events)
-        jobs: list[tuple[int, Append]] = []
         writer = self._open_writer()
-        loop = asyncio.get_running_loop()
-        for i, event in enumerate(events):
-            try:
-                check_append(event, ttl_seconds)
-                at = event_time(event)
-            except ValueError as exc:
-                outcomes[i] = exc
-                continue
-            jobs.append((i, Append(event, at, ttl_seconds, loop.create_future())))
-        if jobs:
-            writer.submit([job for _i, job in jobs])
-        for i, job in jobs:
-            try:
-                outcomes[i] = await job.future
-            except Exception as exc:
-                outcomes[i] = exc
-        return [o for o in outcomes if o is not None]
+        return await append_together(events, ttl_seconds, asyncio.get_running_loop(), writer.submit)
 
     # -- reading ------------------------------------------------------------
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import StoreUnavailableError
 from ..events import Event
 from ..log import store_logger
 from .base import DuplicateEvent, StoreOptions
-from .codec import checksum, decode_one, encode
+from .codec import Append, checksum, decode_one, encode
 from .postgres_schema import unavailable
 from .postgres_state import BatchState
 from .state import change_of
@@ -69,16 +68,6 @@ _EVICT: Final = (
     "WHERE name = 'capacity') "
     "SELECT c FROM n"
 )
-
-
-@dataclass(slots=True)
-class Append:
-    """An append waiting for the writer."""
-
-    event: Event
-    at: float
-    ttl: float | None
-    future: asyncio.Future[Event]
 
 
 Outcome = tuple[Append, Event | None, BaseException | None]

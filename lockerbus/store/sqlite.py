@@ -21,7 +21,7 @@ from ..errors import StoreUnavailableError
 from ..events import Event
 from .backend import BaseEventStore, Damaged
 from .base import Appended, ReplayResult, StateSnapshot, StoredReplay, StoreOptions, StoreStats
-from .codec import check_append, event_time
+from .codec import Append, append_together, check_append, event_time
 from .sqlite_reads import (
     Read,
     Readers,
@@ -34,7 +34,7 @@ from .sqlite_reads import (
 from .sqlite_schema import SCHEMA_VERSION, last_seq
 from .sqlite_state import read_state
 from .sqlite_state import replace as replace_state
-from .sqlite_writer import Append, SqliteWriter
+from .sqlite_writer import SqliteWriter
 from .state import StateKind, StateTable
 
 __all__ = ["SCHEMA_VERSION", "SqliteEventStore"]
@@ -106,25 +106,8 @@ class SqliteEventStore(BaseEventStore[Suspect]):
         self, events: list[Event], *, ttl_seconds: float | None = None
     ) -> list[Appended]:
         """Append ``events`` in one transaction (see base.EventStore.append_many)."""
-        outcomes: list[Appended | None] = [None] * len(events)
-        jobs: list[tuple[int, Append]] = []
         writer = self._open_writer()
-        for i, event in enumerate(events):
-            try:
-                check_append(event, ttl_seconds)
-                at = event_time(event)
-            except ValueError as exc:
-                outcomes[i] = exc
-                continue
-            jobs.append((i, Append(event, at, ttl_seconds, writer.loop.create_future())))
-        if jobs:
-            writer.submit_group([job for _i, job in jobs])
-        for i, job in jobs:
-            try:
-                outcomes[i] = await job.future
-            except Exception as exc:
-                outcomes[i] = exc
-        return [o for o in outcomes if o is not None]
+        return await append_together(events, ttl_seconds, writer.loop, writer.submit_group)
 
     # -- reading ------------------------------------------------------------
 

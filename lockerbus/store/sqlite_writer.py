@@ -29,7 +29,7 @@ from ..errors import StoreUnavailableError
 from ..events import Event
 from ..log import store_logger
 from .base import DuplicateEvent, StoreOptions
-from .codec import checksum, decode_one, encode, log_corrupt
+from .codec import Append, checksum, decode_one, encode, log_corrupt
 from .sqlite_schema import (
     HELD_ID,
     INSERT_EVENT,
@@ -60,16 +60,6 @@ _PROBE_FRESH_SECONDS: Final = 1.0
 # check() keeps reporting a failed append this long unless an append succeeds since:
 # a probe's small write can pass where real appends fail (a disk nearly full).
 _FAILURE_MEMORY_SECONDS: Final = 5.0
-
-
-@dataclass(slots=True)
-class Append:
-    """An append waiting for the writer."""
-
-    event: Event
-    at: float
-    ttl: float | None
-    future: asyncio.Future[Event]
 
 
 @dataclass(slots=True)
