@@ -4,7 +4,9 @@ with real Socket.IO kiosks and a short grace."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,26 @@ async def kiosks(server: Any, http: Any, role: str = "panel", token: str | None 
     headers = {"Authorization": f"Bearer {token}"} if token else server.headers(role)
     async with http.get(f"{server.url}/api/kiosks", headers=headers) as resp:
         return resp.status, await resp.json()
+
+
+@contextlib.asynccontextmanager
+async def two_instances(
+    redis_server: RedisServer, tmp_path: Path
+) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
+    """Two instances on one Redis store and message queue, with the short grace."""
+    env = {
+        "LOCKERBUS_MESSAGE_QUEUE": redis_server.url,
+        "LOCKERBUS_KIOSK_OFFLINE_GRACE_SECONDS": str(GRACE),
+    }
+    a, b = (
+        ServerProcess(store=redis_server.url, log_path=tmp_path / f"{i}.log", env=env)
+        for i in range(2)
+    )
+    await asyncio.gather(a.started(), b.started())
+    try:
+        yield a, b
+    finally:
+        await asyncio.gather(a.stopped(), b.stopped())
 
 
 async def test_online_then_offline_after_the_grace_once(server_factory, http) -> None:
@@ -119,16 +141,7 @@ async def test_kiosks_route_is_for_panels_gateways_admins_and_scoped(server_fact
 async def test_across_instances_offline_only_when_none_holds_it_and_once(
     redis_server: RedisServer, tmp_path: Path, http
 ) -> None:
-    env = {
-        "LOCKERBUS_MESSAGE_QUEUE": redis_server.url,
-        "LOCKERBUS_KIOSK_OFFLINE_GRACE_SECONDS": str(GRACE),
-    }
-    a, b = (
-        ServerProcess(store=redis_server.url, log_path=tmp_path / f"{i}.log", env=env)
-        for i in range(2)
-    )
-    await asyncio.gather(a.started(), b.started())
-    try:
+    async with two_instances(redis_server, tmp_path) as (a, b):
         panel = await watcher(a)
         on_a = await connect(a, EVENTS, role="kiosk", sub="kiosk-5")
         await panel.wait_for(lambda: announcements(panel, "kiosk-5") == [("online", 100)])
@@ -149,8 +162,6 @@ async def test_across_instances_offline_only_when_none_holds_it_and_once(
         assert announcements(panel, "kiosk-5") == [("online", 100), ("offline", 0)]
         _, body = await kiosks(a, http)
         assert {k["kioskId"]: k["online"] for k in body["kiosks"]}["kiosk-5"] is False
-    finally:
-        await asyncio.gather(a.stopped(), b.stopped())
 
 
 async def test_a_restart_remembers_kiosks_and_announces_the_ones_that_never_return(
@@ -193,16 +204,7 @@ async def test_a_restart_remembers_kiosks_and_announces_the_ones_that_never_retu
 async def test_a_crashed_instances_kiosks_are_announced_offline_by_another(
     redis_server: RedisServer, tmp_path: Path, http
 ) -> None:
-    env = {
-        "LOCKERBUS_MESSAGE_QUEUE": redis_server.url,
-        "LOCKERBUS_KIOSK_OFFLINE_GRACE_SECONDS": str(GRACE),
-    }
-    a, b = (
-        ServerProcess(store=redis_server.url, log_path=tmp_path / f"{i}.log", env=env)
-        for i in range(2)
-    )
-    await asyncio.gather(a.started(), b.started())
-    try:
+    async with two_instances(redis_server, tmp_path) as (a, b):
         panel = await watcher(b)
         kiosk = await connect(a, EVENTS, role="kiosk", sub="kiosk-3")
         await panel.wait_for(lambda: announcements(panel, "kiosk-3") == [("online", 100)])
@@ -213,5 +215,3 @@ async def test_a_crashed_instances_kiosks_are_announced_offline_by_another(
         assert announcements(panel, "kiosk-3") == [("online", 100), ("offline", 0)]
         _, body = await kiosks(b, http)
         assert [(k["kioskId"], k["online"]) for k in body["kiosks"]] == [("kiosk-3", False)]
-    finally:
-        await asyncio.gather(a.stopped(), b.stopped())
