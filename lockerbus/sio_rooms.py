@@ -8,7 +8,10 @@ the server answers nothing.  :class:`RoomIndex` keeps ``sid -> rooms`` beside
 python-socketio's ``room -> sids`` (both change only through
 ``basic_enter_room``/``basic_leave_room``) and disconnects with it; what a
 disconnect does is otherwise python-socketio's: leave every room, drop the
-sid's pending callbacks, forget it as pending connect or disconnect.
+sid's pending callbacks, forget it as pending connect or disconnect.  Those
+pending lists become counted dicts (:class:`_Sids`): every incoming event
+asks whether its sid is pending, and a storm of connect handlers that await
+(a kiosk's cluster presence) made that, and confirming each, O(pending).
 
 Every python-socketio name used here is listed in :data:`ROOM_INTERNALS`
 (checked by tests/test_sio_adapter.py with the rest of ``INTERNALS``).
@@ -46,18 +49,56 @@ ROOM_INTERNALS: Final = (
 )
 
 
+class _Sids(dict[str, int]):
+    """python-socketio's pending list (append, remove, in, len) as a counted dict:
+    ``in``, ``remove`` and ``len`` O(1) where a list scans every sid pending."""
+
+    total = 0
+
+    def append(self, sid: str) -> None:
+        self[sid] = self.get(sid, 0) + 1
+        self.total += 1
+
+    def remove(self, sid: str) -> None:
+        left = self[sid] - 1  # KeyError where the list's raises ValueError: never reached
+        if left:
+            self[sid] = left
+        else:
+            del self[sid]
+        self.total -= 1
+
+    def __len__(self) -> int:
+        return self.total
+
+
+class _Pending(dict[str, _Sids]):
+    """namespace -> pending sids; python-socketio stores a new ``[]``, this keeps a _Sids."""
+
+    def __setitem__(self, namespace: str, sids: Any) -> None:
+        if not isinstance(sids, _Sids):
+            listed, sids = sids, _Sids()
+            for sid in listed:
+                sids.append(sid)
+        super().__setitem__(namespace, sids)
+
+
 class RoomIndex:
     """Mixin for a python-socketio manager: ``sid -> rooms`` kept beside ``room -> sids``."""
 
     rooms: dict[str, dict[Any, Any]]
     callbacks: dict[str, Any]
-    pending_connect: dict[str, list[str]]
-    pending_disconnect: dict[str, list[str]]
+    pending_connect: dict[str, Any]
+    pending_disconnect: dict[str, Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: namespace -> sid -> its rooms (None: the namespace itself, the sid's own room)
         self.rooms_of: dict[str, dict[str, dict[Any, None]]] = {}
+        # sids between pre_connect and connect (the connect handler awaits: a kiosk's
+        # presence in the cluster), between pre_disconnect and disconnect; every
+        # incoming event asks whether its sid is one of them
+        self.pending_connect = _Pending()
+        self.pending_disconnect = _Pending()
 
     def basic_enter_room(
         self, sid: str, namespace: str, room: Any, eio_sid: str | None = None

@@ -63,6 +63,28 @@ async def test_disconnecting_n_connections_costs_o_n(kind: str) -> None:
     assert large / small < 9, (small, large)
 
 
+async def pending_connect_seconds(manager: Any, count: int) -> float:
+    """Seconds to confirm ``count`` connections whose connect handlers all awaited at once
+    (each incoming event asks ``is_connected``, which looks in the same pending list)."""
+    sids = [await manager.pre_connect(f"eio-{n}", NS) for n in range(count)]
+    began = time.perf_counter()
+    for sid in sids:
+        assert not manager.is_connected(sid, NS)
+        await manager.connect(sid, NS)
+        assert manager.is_connected(sid, NS)
+    spent = time.perf_counter() - began
+    assert manager.pending_connect == {}
+    return spent
+
+
+@pytest.mark.parametrize("kind", MANAGERS)
+async def test_confirming_n_pending_connections_costs_o_n(kind: str) -> None:
+    make = MANAGERS[kind]
+    small = min([await pending_connect_seconds(make(), 2000) for _ in range(3)])
+    large = min([await pending_connect_seconds(make(), 8000) for _ in range(3)])
+    assert large / small < 9, (small, large)
+
+
 def test_cluster_manager_has_the_index() -> None:
     from lockerbus.cluster import ClusterRedisManager
 
