@@ -24,7 +24,7 @@ from .config import Settings
 from .errors import StoreUnavailableError
 from .http import metrics_response
 from .log import access_logger, app_logger
-from .startup import listen_failed, startup_failed, store_failed, wait_for_store
+from .startup import LISTEN_BACKLOG, listen_failed, startup_failed, store_failed, wait_for_store
 
 #: Allocations between young collections (CPython's default is 700).  A publish
 #: allocates a few dozen containers and keeps a few (the stored record), so at
@@ -79,7 +79,7 @@ async def start(settings: Settings, app: web.Application | None = None) -> Runni
         app_logger.debug("start-up failed", exc_info=True)
         await runner.cleanup()
         raise startup_failed(exc) from None
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
     try:
         await site.start()
     except OSError as exc:

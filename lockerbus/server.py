@@ -32,6 +32,7 @@ from .limits import RoleLimits, TokenBucket
 from .log import server_logger
 from .metrics import Metrics
 from .sio_adapter import HookedAsyncServer
+from .sio_rooms import IndexedAsyncManager
 from .views import ConnectionViews
 
 if TYPE_CHECKING:  # presence needs redis, an optional extra: imported only in cluster mode
@@ -234,16 +235,13 @@ class LockerbusServer(HookedAsyncServer):
             cors = "*" if "*" in settings.cors_origins else list(settings.cors_origins)
         if settings.admin_ui and cors != "*":
             cors = [*(cors or []), ADMIN_UI_ORIGIN]
-        kwargs: dict[str, Any] = {}
-        if client_manager is not None:
-            kwargs["client_manager"] = client_manager
         super().__init__(
             async_mode="aiohttp",
             namespaces=list(NAMESPACES),  # any other, "/" included, is refused (§2)
             cors_allowed_origins=cors,
             http_compression=False,
             max_http_buffer_size=settings.max_event_bytes * 2 + 65536,
-            **kwargs,
+            client_manager=client_manager if client_manager is not None else IndexedAsyncManager(),
         )
         self._tasks = tasks
         self.sender = Sender(self.eio, settings.max_send_queue, settings.max_send_buffer_bytes)

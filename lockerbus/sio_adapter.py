@@ -26,6 +26,7 @@ from engineio.base_socket import BaseSocket
 from .log import server_logger
 from .redisconn import where
 from .sio_receive import event_loads, read_event, take_events
+from .sio_rooms import ROOM_INTERNALS, RoomIndex
 
 TESTED_SOCKETIO: Final = ("5.",)
 TESTED_ENGINEIO: Final = ("4.",)
@@ -137,6 +138,7 @@ INTERNALS: Final = (
     Internal("engineio.base_socket.BaseSocket.queue", BaseSocket, "queue", "assigned"),
     Internal("asyncio.Queue._queue", asyncio.Queue, "_queue", "assigned", "_init"),
     Internal("asyncio.Queue._getters", asyncio.Queue, "_getters", "assigned"),
+    *(Internal(*spec) for spec in ROOM_INTERNALS),
 )
 
 
@@ -275,8 +277,9 @@ class HookedAsyncServer(socketio.AsyncServer):  # type: ignore[misc]
             self.manager.initialize()
 
 
-class HookedRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
-    """python-socketio's Redis manager with a public tap on its channel.
+class HookedRedisManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
+    """python-socketio's Redis manager with a public tap on its channel (and
+    :class:`~lockerbus.sio_rooms.RoomIndex`: disconnects O(the sid's rooms)).
 
     :meth:`intercept` sees each message first and keeps the ones it returns
     True for; ``alive``/``publish``/``restart`` let a supervisor notice a

@@ -26,6 +26,12 @@ EXIT_BAD_SETTING: Final = 2  # a setting or the command line is wrong
 EXIT_STORE_UNAVAILABLE: Final = 3  # the store cannot be opened (in the wait, if any)
 EXIT_CANNOT_LISTEN: Final = 4  # host:port cannot be bound
 
+#: Pending connections the kernel queues before the server accepts them
+#: (aiohttp's default is 128; the kernel caps it at net.core.somaxconn).  A
+#: fleet of 10,000 kiosks reconnecting at once overflows 128, and every
+#: dropped SYN waits for TCP's retry timer (1, 3, 7, 15, 31 s ...).
+LISTEN_BACKLOG: Final = 4096
+
 _FIRST_RETRY_SECONDS: Final = 0.25
 _MAX_RETRY_SECONDS: Final = 5.0
 
@@ -121,7 +127,7 @@ class _StandIn:
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, host, port).start()
+            await web.TCPSite(self._runner, host, port, backlog=LISTEN_BACKLOG).start()
         except OSError as exc:
             await self._runner.cleanup()
             raise listen_failed(host, port, exc) from None

@@ -215,3 +215,44 @@ async def test_a_crashed_instances_kiosks_are_announced_offline_by_another(
         assert announcements(panel, "kiosk-3") == [("online", 100), ("offline", 0)]
         _, body = await kiosks(b, http)
         assert [(k["kioskId"], k["online"]) for k in body["kiosks"]] == [("kiosk-3", False)]
+
+
+@pytest.mark.needs_redis
+async def test_cluster_listing_counts_live_connections_and_drops_dead_ones(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipelined listing (several batches) says what the per-kiosk reads said."""
+    from lockerbus import presence as module
+
+    monkeypatch.setattr(module, "LISTING_BATCH", 7)
+    live, dead = (module.Presence(redis_server.url, instance_id=i) for i in ("live", "dead"))
+    try:
+        await live.heartbeat({EVENTS: 1})  # "dead" never beats: its entries do not count
+        for n in range(20):
+            await live.opened(f"k{n:02}", f"s{n}", 1000.0 + n)
+            if n % 3 == 0:
+                await dead.opened(f"k{n:02}", f"d{n}", 2000.0 + n)
+            if n % 4 == 0:
+                await live.closed(f"k{n:02}", f"s{n}", 3000.0 + n)
+        await live.note_status("k05", "degraded", 0.5)
+        assert await live.claim("k05", "online")
+        listed = await live.listing()
+        assert [e["kioskId"] for e in listed] == [f"k{n:02}" for n in range(20)]
+        assert [e["connections"] for e in listed] == [0 if n % 4 == 0 else 1 for n in range(20)]
+        assert listed[5] == {
+            "kioskId": "k05",
+            "connections": 1,
+            "last_seen": 1005.0,
+            "announced": "online",
+            "status": "degraded",
+            "health_score": 0.5,
+        }
+        assert listed[3]["last_seen"] == 2003.0 and listed[3]["announced"] is None
+        # the dead instance's entries were removed, the live ones kept
+        client = redis_server.client()
+        _, prefix = module.split_url(redis_server.url)
+        assert client.hgetall(f"{prefix}:kconn:k03") == {b"s3": b"live"}
+        assert [await live.count(f"k{n:02}") for n in (0, 3, 6)] == [0, 1, 1]
+    finally:
+        for presence in (live, dead):
+            await presence.close()

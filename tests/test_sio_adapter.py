@@ -17,7 +17,7 @@ from lockerbus.fastcheck import MARSHMALLOW_INTERNALS
 from lockerbus.sio_adapter import INTERNALS, Internal, check_internal, check_internals
 
 PACKAGE = Path(lockerbus.__file__).parent
-ADAPTERS = {"sio_adapter.py", "sio_receive.py", "fastcheck.py"}
+ADAPTERS = {"sio_adapter.py", "sio_receive.py", "sio_rooms.py", "fastcheck.py"}
 
 
 @pytest.mark.parametrize("item", INTERNALS, ids=lambda item: item.symbol)

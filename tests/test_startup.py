@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from lockerbus.startup import EXIT_CANNOT_LISTEN, EXIT_STORE_UNAVAILABLE
+from lockerbus.startup import EXIT_CANNOT_LISTEN, EXIT_STORE_UNAVAILABLE, LISTEN_BACKLOG
 from tests.test_cli import LOCKERBUS, SECRET, clean_env, free_port
 
 
@@ -79,6 +79,20 @@ def poll(port: int, path: str, want: int, process: subprocess.Popen[str]) -> Any
             process.wait(timeout=0.1)  # the poll interval; notices an exit at once
 
 
+def listen_backlog(port: int) -> int:
+    """The accept-queue size of the socket listening on ``port`` (ss's Send-Q)."""
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0] == "LISTEN", out
+    return int(out[2])
+
+
+def expected_backlog() -> int:
+    """LISTEN_BACKLOG as the kernel caps it (net.core.somaxconn)."""
+    return min(LISTEN_BACKLOG, int(Path("/proc/sys/net/core/somaxconn").read_text()))
+
+
 def test_store_wait_answers_503_until_the_store_comes(tmp_path: Path) -> None:
     port = free_port()
     directory = tmp_path / "later"
@@ -90,8 +104,11 @@ def test_store_wait_answers_503_until_the_store_comes(tmp_path: Path) -> None:
         assert body["status"] == "unavailable"
         assert "waiting for the store" in body["reason"]
         assert get(port, "/healthz") == (200, {"status": "ok"})
+        # the stand-in, like the server, queues a fleet's reconnect storm
+        assert listen_backlog(port) == expected_backlog() > 128
         directory.mkdir()
         assert poll(port, "/readyz", 200, process) == {"status": "ready"}
+        assert listen_backlog(port) == expected_backlog()
     finally:
         process.terminate()
         process.communicate(timeout=30)
