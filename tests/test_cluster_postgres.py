@@ -21,7 +21,7 @@ from tests.postgres_support import PostgresServer
 from tests.processes import ServerProcess
 from tests.redis_support import RedisServer
 from tests.support import connect, locker_event
-from tests.test_cluster import live_seqs, subscriber
+from tests.test_cluster import check_publishers_on_both, live_seqs, subscriber
 
 pytestmark = [pytest.mark.needs_redis, pytest.mark.needs_postgres, pytest.mark.slow]
 
@@ -73,33 +73,7 @@ async def test_publish_on_one_instance_reaches_subscribers_on_both_once(pg_clust
 
 async def test_seq_strictly_increases_with_publishers_on_both(pg_cluster, http) -> None:
     a, b = await pg_cluster()
-    watchers = [await subscriber(a, join=False), await subscriber(b, join=False)]
-    per_instance = 60
-
-    async def publish(server: ServerProcess, offset: int) -> list[int]:
-        seqs = []
-        for n in range(per_instance):
-            status, event = await server.post_event(http, locker_event(offset + n))
-            assert status == 201, event
-            seqs.append(event["seq"])
-        return seqs
-
-    late_joiner: list[Any] = []
-
-    async def join_midway() -> None:
-        await asyncio.sleep(0)
-        late_joiner.append(await connect(b, LOCKERS, auth={"last_seq": 0}))
-
-    results = await asyncio.gather(publish(a, 0), publish(b, 1000), join_midway())
-    total = 2 * per_instance
-    assert sorted(results[0] + results[1]) == list(range(1, total + 1))
-    for client in watchers:
-        await client.wait_for(lambda c=client: len(live_seqs(c)) >= total)
-        assert live_seqs(client) == list(range(1, total + 1))
-    (joiner,) = late_joiner
-    await joiner.wait_for(lambda: total in live_seqs(joiner))
-    got = live_seqs(joiner)
-    assert got == list(range(1, total + 1)), "replay then live, nothing missing or twice"
+    await check_publishers_on_both(a, b, http)
 
 
 async def test_replay_and_state_from_the_other_instance(pg_cluster, http) -> None:
